@@ -1,0 +1,1 @@
+"""Library code behind the LAION data CLIs in tools/laion_data_utils (one module per job)."""
