@@ -1,0 +1,85 @@
+"""The SD 2.x noise schedule and the training-side forward process.
+
+``NoiseSchedule`` holds the schedule twice: as float64 numpy arrays (``betas``, ``alphas_cumprod``), which the
+samplers read, and as float32 MindSpore constants, which the graph-safe helpers :meth:`add_noise`,
+:meth:`target` and :meth:`snr` gather at a batch of integer timesteps. The square roots are taken in float64
+before the cast, so ``sqrt(1 - alphas_cumprod)`` keeps its precision at small t, where ``1 - acp`` is ~1e-3.
+
+The class is a ``mindspore.jit_class``: a training step compiled in GRAPH_MODE can keep an instance as an
+attribute and call the helpers from ``construct``.
+"""
+
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, ops
+
+PREDICTION_TYPES = ("eps", "v")
+_PREDICTION_ALIASES = {"eps": "eps", "epsilon": "eps", "v": "v", "v_prediction": "v"}
+
+
+def normalize_prediction_type(prediction_type: str) -> str:
+    """Map ``eps``/``epsilon`` to ``"eps"`` and ``v``/``v_prediction`` to ``"v"``; anything else is an error."""
+    try:
+        return _PREDICTION_ALIASES[prediction_type]
+    except KeyError:
+        raise ValueError(f"prediction_type must be one of {sorted(_PREDICTION_ALIASES)}, got {prediction_type!r}") from None
+
+
+def make_betas(num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str) -> np.ndarray:
+    """Betas in float64. ``scaled_linear`` (SD): linspace of square roots, squared; ``linear``: plain linspace."""
+    if beta_schedule == "scaled_linear":
+        return np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
+    if beta_schedule == "linear":
+        return np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
+    raise ValueError(f"beta_schedule must be 'scaled_linear' or 'linear', got {beta_schedule!r}")
+
+
+@ms.jit_class
+class NoiseSchedule:
+    """Discrete DDPM schedule: ``x_t = sqrt(acp[t]) * x0 + sqrt(1 - acp[t]) * noise``.
+
+    Args:
+        num_train_timesteps: number of training timesteps (SD: 1000).
+        beta_start, beta_end: first and last beta (SD: 0.00085, 0.012).
+        beta_schedule: ``"scaled_linear"`` (SD) or ``"linear"``.
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+    ) -> None:
+        self.num_train_timesteps = num_train_timesteps
+        self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule)
+        self.alphas_cumprod = np.cumprod(1.0 - self.betas)
+        # MindSpore constants gathered by the graph-mode helpers below.
+        self.sqrt_alphas_cumprod_ms = Tensor(np.sqrt(self.alphas_cumprod).astype(np.float32))
+        self.sqrt_one_minus_alphas_cumprod_ms = Tensor(np.sqrt(1.0 - self.alphas_cumprod).astype(np.float32))
+        self.snr_ms = Tensor((self.alphas_cumprod / (1.0 - self.alphas_cumprod)).astype(np.float32))
+
+    def _at(self, table: Tensor, t: Tensor, like: Tensor) -> Tensor:
+        """``table[t]`` reshaped to broadcast over ``like`` ([B] -> [B, 1, 1, 1]) and cast to its dtype."""
+        values = ops.gather(table, t, 0)
+        values = values.reshape((-1,) + (1,) * (like.ndim - 1))
+        return values.astype(like.dtype)
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """The forward process q(x_t | x0) with the given noise; ``t`` is an int tensor [B]."""
+        return self._at(self.sqrt_alphas_cumprod_ms, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod_ms, t, x0) * noise
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor, prediction_type: str = "eps") -> Tensor:
+        """What the UNet learns to predict: the noise (``"eps"``) or ``v = sqrt(acp)*noise - sqrt(1-acp)*x0``."""
+        if prediction_type in ("eps", "epsilon"):
+            return noise
+        if prediction_type in ("v", "v_prediction"):
+            return self._at(self.sqrt_alphas_cumprod_ms, t, x0) * noise - self._at(self.sqrt_one_minus_alphas_cumprod_ms, t, x0) * x0
+        raise ValueError("prediction_type must be 'eps' or 'v'")
+
+    def snr(self, t: Tensor) -> Tensor:
+        """Signal-to-noise ratio ``acp / (1 - acp)`` at timesteps ``t`` ([B] float32), e.g. for min-SNR weighting."""
+        return ops.gather(self.snr_ms, t, 0)
+
