@@ -1,0 +1,91 @@
+"""Small building blocks whose parameter names follow the PyTorch checkpoints (weight / bias).
+
+MindSpore's own ``nn.LayerNorm`` / ``nn.GroupNorm`` / ``nn.Embedding`` name their parameters
+gamma / beta / embedding_table; these replacements name them like the checkpoints do, so loading a
+released file is a plain name lookup. Norms always compute in float32 and cast back, as ldm's
+``GroupNorm32`` does, which keeps fp16 runs stable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+
+class GroupNorm(nn.Cell):
+    """GroupNorm over NCHW input with ``weight`` / ``bias`` parameters, computed in float32."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: {num_channels} channels not divisible by {num_groups} groups")
+        self.num_groups = num_groups
+        self.eps = eps
+        self.weight = Parameter(initializer("ones", (num_channels,), ms.float32))
+        self.bias = Parameter(initializer("zeros", (num_channels,), ms.float32))
+
+    def construct(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        y = ops.group_norm(x.astype(ms.float32), self.num_groups, self.weight.astype(ms.float32),
+                           self.bias.astype(ms.float32), self.eps)
+        return y.astype(dtype)
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis with ``weight`` / ``bias`` parameters, computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = Parameter(initializer("ones", (dim,), ms.float32))
+        self.bias = Parameter(initializer("zeros", (dim,), ms.float32))
+        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        y, _, _ = self.layer_norm(x.astype(ms.float32), self.weight.astype(ms.float32), self.bias.astype(ms.float32))
+        return y.astype(dtype)
+
+
+class Embedding(nn.Cell):
+    """Token embedding table stored as ``weight`` [vocab, dim] (torch ``nn.Embedding`` layout)."""
+
+    def __init__(self, vocab_size: int, dim: int):
+        super().__init__()
+        self.weight = Parameter(initializer(Normal(0.02), (vocab_size, dim), ms.float32))
+
+    def construct(self, ids: Tensor) -> Tensor:
+        return ops.gather(self.weight, ids, 0)
+
+
+def linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Dense:
+    """A torch-layout linear layer: ``weight`` [out, in], optional ``bias``."""
+    return nn.Dense(in_dim, out_dim, has_bias=bias)
+
+
+def conv2d(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
+    """A torch-layout 2-D convolution with bias and explicit zero padding."""
+    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, pad_mode="pad", padding=padding, has_bias=True)
+
+
+def upsample_nearest_2x(x: Tensor) -> Tensor:
+    """Nearest-neighbour 2x upsampling of NCHW input (same result as torch ``interpolate(nearest)``)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h, 1, w, 1)
+    x = ops.broadcast_to(x, (b, c, h, 2, w, 2))
+    return x.reshape(b, c, h * 2, w * 2)
+
+
+def sinusoidal_frequencies(dim: int, max_period: float = 10000.0) -> Tensor:
+    """Frequencies of ldm's sinusoidal timestep embedding (a constant; build it once in __init__)."""
+    half = dim // 2
+    return Tensor(np.exp(-math.log(max_period) * np.arange(half, dtype=np.float32) / half), ms.float32)
+
+
+def timestep_embedding(timesteps: Tensor, freqs: Tensor) -> Tensor:
+    """Sinusoidal timestep embedding in [cos | sin] order, as ldm (diffusers: flip_sin_to_cos=True)."""
+    args = timesteps.astype(ms.float32).reshape(-1, 1) * freqs.reshape(1, -1)
+    return ops.cat([ops.cos(args), ops.sin(args)], axis=-1)
