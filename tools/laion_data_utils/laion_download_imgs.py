@@ -1,0 +1,190 @@
+"""Download the images of LAION metadata parts with img2dataset: part_N.parquet -> <output_dir>/part_N.
+
+Every setting is a flag, and every flag can also come from an environment variable (LAION_ + the flag name
+in capitals, e.g. LAION_OUTPUT_DIR); a flag given on the command line wins. Options img2dataset has that
+are not listed here go after ``--`` and are forwarded unchanged:
+
+    laion_download_imgs.sh 1-3 --metadata_dir meta --output_dir data -- --encode_quality 90 --min_image_size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from mindone.utils.cli import UserError, run_main, setup_cli_logging
+
+from laion_utils import img2dataset_launch as launch
+from laion_utils.shard_state import done_shard_names, prepare_resume
+
+logger = logging.getLogger("laion_download_imgs")
+
+ENV_PREFIX = "LAION_"
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(ENV_PREFIX + name.upper())
+    return value if value not in (None, "") else None
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = _env(name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise UserError(f"environment variable {ENV_PREFIX}{name.upper()}={value!r} is not a boolean (use 1/0 or true/false)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="laion_download_imgs.sh",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Each option's environment variable is shown in brackets.",
+    )
+
+    def opt(name: str, type_=str, default: Any = None, help_: str = "", **kw: Any) -> None:
+        env_value = _env(name)
+        try:
+            value = type_(env_value) if env_value is not None else default
+        except ValueError:
+            raise UserError(f"environment variable {ENV_PREFIX}{name.upper()}={env_value!r} is not a valid {name}") from None
+        parser.add_argument(f"--{name}", type=type_, default=value, help=f"{help_} (default: {default}) [{ENV_PREFIX}{name.upper()}]", **kw)
+
+    def flag(name: str, default: bool, help_: str) -> None:
+        parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=_env_bool(name, default),
+                            help=f"{help_} (default: {default}) [{ENV_PREFIX}{name.upper()}=1|0]")
+
+    parser.add_argument("parts", nargs="*", help="part ids: 1, a range 1-3, or a list '1 2 3' / 1,2,3 [LAION_PARTS]")
+    opt("metadata_dir", help_="folder holding part_<N>.<input_format>")
+    opt("output_dir", help_="images go to <output_dir>/part_<N>")
+    opt("url_list", help_="download this one file instead of <metadata_dir>/part_<N>.<input_format> (one part id names the output folder)")
+    opt("input_format", default="parquet", help_="parquet, csv, tsv, json, jsonl, txt (and .gz variants)")
+    opt("output_format", default="webdataset", help_="webdataset (tar shards), files (one folder per shard) or parquet")
+    opt("image_size", int, 512, "resize target (smaller side for keep_ratio)")
+    opt("resize_mode", default="keep_ratio", help_="img2dataset resize mode: keep_ratio, center_crop, border, keep_ratio_largest, no")
+    flag("resize_only_if_bigger", True, "never upscale small images")
+    flag("skip_reencode", True, "keep the original bytes when no resize is needed and the format already matches")
+    opt("processes_count", int, launch.default_processes(), "download processes; the default is this machine's CPU count")
+    opt("thread_count", int, launch.default_threads(), "download threads per process; the default is 32 per CPU, at most 256")
+    opt("timeout", int, 10, "seconds to wait for one image")
+    opt("retries", int, 0, "extra attempts per failed URL")
+    opt("number_sample_per_shard", int, 10000, "rows per shard (keep it fixed across reruns of a part)")
+    opt("url_col", default="URL", help_="url column of the metadata")
+    opt("caption_col", default="TEXT", help_="caption column of the metadata")
+    opt("save_additional_columns", default="auto",
+        help_="comma list of metadata columns to keep in each sample's json; 'auto' = those present among "
+        + ", ".join(launch.DEFAULT_EXTRA_COLUMNS) + "; 'none'")
+    opt("distributor", default="multiprocessing", help_="multiprocessing (this machine) or pyspark", choices=["multiprocessing", "pyspark"])
+    opt("spark_master", help_="with --distributor pyspark: Spark master URL (spark://host:7077, local[8]); "
+        "unset = an existing session or img2dataset's local one. output_dir must be shared by the executors")
+    flag("insecure_ssl", False, "accept invalid TLS certificates (logs a warning); default verifies them")
+    flag("verify_resume", True, "before a rerun, check the shards already done and redo any that do not hold up")
+    flag("dry_run", False, "print the img2dataset arguments of each part as json and exit")
+    return parser
+
+
+def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    argv = list(argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
+LAUNCHER_OWNED = ("url_list", "output_folder", "output_format", "input_format", "image_size", "resize_mode",
+                  "resize_only_if_bigger", "skip_reencode", "processes_count", "thread_count", "timeout", "retries",
+                  "number_sample_per_shard", "url_col", "caption_col", "save_additional_columns", "distributor")  # fmt: skip
+
+
+def part_kwargs(args: argparse.Namespace, input_path: Path, output_folder: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """img2dataset.download kwargs for one part."""
+    columns = launch.input_columns(input_path, args.input_format)
+    if columns is not None:
+        for flag_name, col in (("--url_col", args.url_col), ("--caption_col", args.caption_col)):
+            if col and col not in columns:
+                raise UserError(f"{input_path}: no column {col!r} for {flag_name} (has: {', '.join(columns)})")
+    kwargs: dict[str, Any] = dict(
+        url_list=str(input_path),
+        output_folder=str(output_folder),
+        output_format=args.output_format,
+        input_format=args.input_format,
+        image_size=args.image_size,
+        resize_mode=args.resize_mode,
+        resize_only_if_bigger=args.resize_only_if_bigger,
+        skip_reencode=args.skip_reencode,
+        processes_count=args.processes_count,
+        thread_count=args.thread_count,
+        timeout=args.timeout,
+        retries=args.retries,
+        number_sample_per_shard=args.number_sample_per_shard,
+        url_col=args.url_col,
+        caption_col=args.caption_col or None,
+        save_additional_columns=launch.choose_extra_columns(args.save_additional_columns, columns, args.url_col, args.caption_col),
+        distributor=args.distributor,
+        incremental_mode="incremental",  # resume; "overwrite" is broken in img2dataset 1.47
+        enable_wandb=False,
+    )
+    kwargs.update(extra)
+    return kwargs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ours, theirs = split_passthrough(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(ours)
+    setup_cli_logging()
+    part_tokens = args.parts or ([_env("parts")] if _env("parts") else [])
+    part_ids = launch.parse_part_ids(part_tokens)
+    extra = launch.parse_passthrough(theirs)
+    clash = sorted(set(extra) & set(LAUNCHER_OWNED + ("incremental_mode",)))
+    if clash:
+        raise UserError(f"--{clash[0]} is a launcher option: give it before -- (or via {ENV_PREFIX}{clash[0].upper()})")
+    if args.output_dir is None:
+        raise UserError("no output folder: set --output_dir or LAION_OUTPUT_DIR")
+    if args.url_list is not None:
+        if len(part_ids) != 1:
+            raise UserError("--url_list downloads one file: give exactly one part id to name its output folder")
+        if not Path(args.url_list).is_file():
+            raise UserError(f"--url_list file {args.url_list} not found")
+        inputs = {part_ids[0]: Path(args.url_list)}
+    else:
+        if args.metadata_dir is None:
+            raise UserError("no metadata folder: set --metadata_dir or LAION_METADATA_DIR (or --url_list)")
+        inputs = {pid: launch.part_file(args.metadata_dir, pid, args.input_format) for pid in part_ids}
+    if args.distributor != "pyspark" and args.spark_master:
+        raise UserError("--spark_master needs --distributor pyspark")
+
+    unfinished = []
+    for pid, input_path in inputs.items():
+        output_folder = Path(args.output_dir) / f"part_{pid}"
+        kwargs = part_kwargs(args, input_path, output_folder, extra)
+        if args.dry_run:
+            print(json.dumps({"part": pid, "spark_master": args.spark_master, "insecure_ssl": args.insecure_ssl, "img2dataset": kwargs}))
+            continue
+        resume = prepare_resume(output_folder, args.output_format, verify_done=args.verify_resume)
+        if resume.done:
+            logger.info("part %d: %d shards already done, resuming", pid, resume.done)
+        logger.info("part %d: %s -> %s", pid, input_path, output_folder)
+        launch.run_img2dataset(kwargs, insecure_ssl=args.insecure_ssl, spark_master=args.spark_master)
+        expected = launch.expected_shards(launch.count_input_rows(input_path, args.input_format), args.number_sample_per_shard)
+        done = len(done_shard_names(output_folder)) if output_folder.is_dir() else 0
+        if expected is not None and done < expected:
+            logger.error("part %d: %d of %d shards finished", pid, done, expected)
+            unfinished.append(pid)
+        else:
+            logger.info("part %d: %d shards finished", pid, done)
+    if unfinished:
+        raise UserError(f"parts {unfinished} are not complete; rerun the same command to resume them")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

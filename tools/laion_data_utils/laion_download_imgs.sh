@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Download LAION images for metadata parts with img2dataset.
+#   bash laion_download_imgs.sh 1 --metadata_dir META --output_dir DATA
+#   LAION_METADATA_DIR=META LAION_OUTPUT_DIR=DATA bash laion_download_imgs.sh 1-3
+# All settings are flags or LAION_* environment variables: see `bash laion_download_imgs.sh --help`.
+# PYTHON selects the interpreter (default: python3).
+set -euo pipefail
+export NO_ALBUMENTATIONS_UPDATE="${NO_ALBUMENTATIONS_UPDATE:-1}"
+exec "${PYTHON:-python3}" "$(dirname "${BASH_SOURCE[0]}")/laion_download_imgs.py" "$@"

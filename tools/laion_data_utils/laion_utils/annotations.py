@@ -1,0 +1,135 @@
+"""Annotation files training reads: per-part stats csv (webdataset) and per-part caption csv (files).
+
+Layout (paths in the csv are relative to the data folder ``D``)::
+
+    D/part_1/00000.tar, 00000_stats.json, ...   ->  D/part_1_stats.csv   file_path,num_samples
+    D/part_1/00000/000000000.jpg + .txt, ...    ->  D/part_1.csv         dir,text
+
+Only shards img2dataset finished (``_stats.json`` present) and whose content agrees with it are listed.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from mindone.utils.atomic import atomic_open
+
+from laion_utils.sample_filters import SampleFilter
+from laion_utils.shard_state import check_shard, read_stats_json, scan_files_shard
+from laion_utils.tar_stats import read_sample_jsons
+
+logger = logging.getLogger(__name__)
+
+_PART_DIR = re.compile(r"^part_([^/]+)$")
+_SHARD_TAR = re.compile(r"^(\d+)\.tar$")
+
+
+def find_part_dirs(data_dir: Path) -> list[tuple[str, Path]]:
+    """``[(part_id, folder)]`` for every ``part_<id>`` folder of ``data_dir``, numeric ids in numeric order."""
+    found = []
+    for entry in os.scandir(data_dir):
+        match = _PART_DIR.match(entry.name)
+        if match and entry.is_dir():
+            found.append((match.group(1), Path(entry.path)))
+    return sorted(found, key=lambda p: (0, int(p[0]), "") if p[0].isdigit() else (1, 0, p[0]))
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write a csv atomically (temp file then rename): readers see the old file or the complete new one."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+@dataclass
+class PartStats:
+    """Result of scanning one webdataset part folder."""
+
+    rows: list[tuple[str, int]] = field(default_factory=list)  # (file_path relative to D, num_samples)
+    problems: list[str] = field(default_factory=list)  # one line per shard left out
+    filtered_out: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.rows)
+
+
+def tar_part_stats(data_dir: Path, part_dir: Path, sample_filter: SampleFilter | None = None) -> PartStats:
+    """Count the complete samples of every finished tar shard in ``part_dir`` (headers only).
+
+    A shard is left out, with a line in ``problems``, when its ``_stats.json`` is missing (unfinished), its
+    tar is truncated or unreadable, or the images it holds differ from the ``successes`` it reports. With
+    an active ``sample_filter`` the count is of samples whose json passes it.
+    """
+    result = PartStats()
+    names = sorted(m.group(1) for m in map(_SHARD_TAR.match, os.listdir(part_dir)) if m)
+    for name in names:
+        rel = f"{part_dir.relative_to(data_dir).as_posix()}/{name}.tar"
+        if read_stats_json(part_dir / f"{name}_stats.json") is None:
+            result.problems.append(f"{rel}: no readable {name}_stats.json (shard unfinished), left out")
+            continue
+        check = check_shard(part_dir, name, "webdataset")
+        if not check.ok:
+            result.problems.append(f"{rel}: {check.error}, left out")
+            continue
+        count = check.num_samples
+        if sample_filter is not None and sample_filter.active:
+            metas = read_sample_jsons(check.data_path, set(check.complete_keys))
+            count = sum(1 for key in check.complete_keys if sample_filter.passes(metas.get(key, {})))
+            result.filtered_out += check.num_samples - count
+        result.rows.append((rel, count))
+    return result
+
+
+@dataclass
+class PartAnnotations:
+    """Result of scanning one files-format part folder."""
+
+    rows: list[tuple[str, str]] = field(default_factory=list)  # (image path relative to D, caption)
+    skipped: Counter = field(default_factory=Counter)  # reason -> samples
+    problems: list[str] = field(default_factory=list)  # shards left out
+
+
+def files_part_annotations(data_dir: Path, part_dir: Path, sample_filter: SampleFilter | None = None) -> PartAnnotations:
+    """Image/caption rows of every finished shard folder in ``part_dir``.
+
+    A sample without an image or a caption file, or with an empty caption, is skipped and counted by
+    reason; it never gets a made-up caption.
+    """
+    import json
+
+    result = PartAnnotations()
+    shard_dirs = sorted(e.name for e in os.scandir(part_dir) if e.is_dir() and e.name.isdigit())
+    for name in shard_dirs:
+        rel_dir = f"{part_dir.relative_to(data_dir).as_posix()}/{name}"
+        check = check_shard(part_dir, name, "files")
+        if not check.ok:
+            result.problems.append(f"{rel_dir}: {check.error}, left out")
+            continue
+        pairs, missing_caption, missing_image = scan_files_shard(check.data_path)
+        result.skipped["no caption file"] += missing_caption
+        result.skipped["no image file"] += missing_image
+        for image, caption_file in pairs:
+            text = (check.data_path / caption_file).read_text(encoding="utf-8", errors="replace").strip()
+            if not text:
+                result.skipped["empty caption"] += 1
+                continue
+            if sample_filter is not None and sample_filter.active:
+                meta_path = check.data_path / (image.split(".", 1)[0] + ".json")
+                try:
+                    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    meta = {}
+                if not sample_filter.passes(meta if isinstance(meta, dict) else {}):
+                    result.skipped["filtered out"] += 1
+                    continue
+            result.rows.append((f"{rel_dir}/{image}", text))
+    return result
