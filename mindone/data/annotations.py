@@ -1,0 +1,152 @@
+"""Read the annotation files the LAION tools write (formats in docs / GUIDE).
+
+- files dataset: ``part_<N>.csv`` with columns ``dir,text``; ``dir`` is relative to the csv's folder
+  (``part_1/00000/000000000.jpg``).
+- webdataset: ``part_<N>_stats.csv`` with columns ``file_path,num_samples``; ``file_path`` is relative to
+  the csv's folder (``part_1/00000.tar``), or absolute, or a URL / ``pipe:`` command.
+
+``data_path`` may be a folder (every part in it, or the ``parts`` chosen), one csv file, or a list of
+either (a comma-separated string works too).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mindone.utils.cli import UserError
+
+_FILES_CSV = re.compile(r"^part_(\d+)\.csv$")
+_STATS_CSV = re.compile(r"^part_(\d+)_stats\.csv$")
+_REMOTE = ("http://", "https://", "pipe:", "s3://", "gs://", "obs://")
+
+
+def _part_sort_key(path: Path, pattern: re.Pattern) -> tuple[int, str]:
+    match = pattern.match(path.name)
+    return (int(match.group(1)) if match else -1, path.name)
+
+
+def resolve_annotation_files(
+    data_path: str | os.PathLike | Sequence[str | os.PathLike],
+    dataset_type: str,
+    parts: Iterable[int] | None = None,
+) -> list[Path]:
+    """The annotation csv files selected by ``data_path`` (and ``parts``), in part order."""
+    if dataset_type not in ("files", "webdataset"):
+        raise UserError(f"dataset_type: expected 'files' or 'webdataset', got {dataset_type!r}")
+    pattern = _FILES_CSV if dataset_type == "files" else _STATS_CSV
+    kind = "part_<N>.csv" if dataset_type == "files" else "part_<N>_stats.csv"
+    if isinstance(data_path, (str, os.PathLike)):
+        entries = [e for e in str(data_path).split(",") if e.strip()]
+    else:
+        entries = [str(e) for e in data_path]
+    if not entries:
+        raise UserError("data_path: empty")
+    wanted = None if parts is None else {int(p) for p in parts}
+    found: list[Path] = []
+    for entry in entries:
+        path = Path(entry.strip()).expanduser()
+        if path.is_dir():
+            csvs = sorted((p for p in path.iterdir() if pattern.match(p.name)), key=lambda p: _part_sort_key(p, pattern))
+            if wanted is not None:
+                csvs = [p for p in csvs if _part_sort_key(p, pattern)[0] in wanted]
+            if not csvs:
+                which = f" for parts {sorted(wanted)}" if wanted is not None else ""
+                raise UserError(f"data_path {path}: no {kind} files{which} (run the annotation tool first)")
+            found.extend(csvs)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(f"data_path {path}: no such file or folder")
+    return found
+
+
+@dataclass
+class FilesAnnotations:
+    """Image paths (absolute) and captions of a files dataset, one row per sample."""
+
+    paths: np.ndarray  # object array of str
+    captions: np.ndarray  # object array of str (may be empty)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class ShardList:
+    """Tar shard locations (absolute path, URL or ``pipe:`` command) and their sample counts."""
+
+    urls: list[str]
+    sizes: np.ndarray  # int64
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.sizes.sum())
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise UserError(f"{path}: cannot read csv ({err})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(frame.columns)})")
+    return frame
+
+
+def _join(root: str, relative: str) -> str:
+    if relative.startswith(_REMOTE) or os.path.isabs(relative):
+        return relative
+    if "{}" in root:  # template, e.g. "pipe:aws s3 cp s3://bucket/laion/{} -"
+        return root.replace("{}", relative)
+    if root.startswith(_REMOTE):
+        return root.rstrip("/") + "/" + relative
+    return os.path.join(root, relative)
+
+
+def read_files_annotations(csv_files: Sequence[Path]) -> FilesAnnotations:
+    """Concatenate ``dir,text`` csvs; paths become absolute (relative to each csv's folder)."""
+    paths: list[np.ndarray] = []
+    captions: list[np.ndarray] = []
+    for csv in csv_files:
+        frame = _read_csv(csv, ("dir", "text"))
+        root = str(csv.resolve().parent)
+        paths.append(np.array([_join(root, d) for d in frame["dir"].tolist()], dtype=object))
+        captions.append(frame["text"].to_numpy(dtype=object))
+    if not paths or sum(len(p) for p in paths) == 0:
+        raise UserError(f"{', '.join(map(str, csv_files))}: no rows")
+    return FilesAnnotations(np.concatenate(paths), np.concatenate(captions))
+
+
+def read_shard_list(csv_files: Sequence[Path], shard_root: str | None = None) -> ShardList:
+    """Concatenate ``file_path,num_samples`` csvs.
+
+    Relative ``file_path`` values are joined to ``shard_root`` when given (a folder, a URL prefix, or a
+    template containing ``{}``, e.g. ``pipe:aws s3 cp s3://bucket/laion/{} -``), else to the csv's folder.
+    Shards with zero samples are dropped.
+    """
+    urls: list[str] = []
+    sizes: list[int] = []
+    for csv in csv_files:
+        frame = _read_csv(csv, ("file_path", "num_samples"))
+        root = shard_root if shard_root is not None else str(csv.resolve().parent)
+        for row, (file_path, count) in enumerate(zip(frame["file_path"], frame["num_samples"]), start=2):
+            try:
+                n = int(float(count))
+            except ValueError:
+                raise UserError(f"{csv}:{row}: num_samples {count!r} is not a number") from None
+            if n < 0:
+                raise UserError(f"{csv}:{row}: num_samples {n} is negative")
+            if n > 0:
+                urls.append(_join(root, file_path))
+                sizes.append(n)
+    if not urls:
+        raise UserError(f"{', '.join(map(str, csv_files))}: no shard with samples")
+    return ShardList(urls, np.asarray(sizes, dtype=np.int64))

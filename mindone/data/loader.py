@@ -1,0 +1,145 @@
+"""``build_dataset``: annotations -> rank sample stream -> MindSpore ``GeneratorDataset`` batches.
+
+The MindSpore dataset yields ``images`` float32 [B, 3, H, W] in [-1, 1] and ``token_ids`` int32
+[B, 77]. Decoding runs in this package's own worker processes (see :mod:`mindone.data.workers`), so
+the GeneratorDataset itself is a single, light source that only interleaves finished samples.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from mindone.data.annotations import read_files_annotations, read_shard_list, resolve_annotation_files
+from mindone.data.files_dataset import FilesReader
+from mindone.data.filters import SampleFilters
+from mindone.data.processing import SampleProcessor
+from mindone.data.shards import detect_rank_and_world_size
+from mindone.data.stream import SampleStream
+from mindone.data.webdataset_dataset import WebdatasetReader
+from mindone.utils.cli import UserError
+
+
+def build_sample_stream(
+    dataset_type: str,
+    data_path: str | os.PathLike | Sequence[str | os.PathLike],
+    tokenizer: Callable[[Sequence[str]], np.ndarray],
+    image_size: int = 512,
+    batch_size: int = 1,
+    rank: int | None = None,
+    world_size: int | None = None,
+    num_workers: int = 2,
+    shuffle: bool = True,
+    seed: int = 0,
+    caption_dropout: float = 0.0,
+    random_crop: bool = False,
+    random_flip: bool = False,
+    filters: Mapping[str, Any] | SampleFilters | None = None,
+    start_step: int = 0,
+    epoch: int = 0,
+    drop_remainder: bool = True,
+    shuffle_buffer: int = 1000,
+    uneven: str = "pad",
+    min_image_size: int = 32,
+    parts: Sequence[int] | None = None,
+    shard_root: str | None = None,
+    start_method: str = "fork",
+) -> SampleStream:
+    """The rank's per-sample stream (dicts with ``key``, ``image``, ``token_ids``); arguments as
+    :func:`build_dataset`."""
+    if rank is None or world_size is None:
+        env_rank, env_world = detect_rank_and_world_size()
+        rank = env_rank if rank is None else rank
+        world_size = env_world if world_size is None else world_size
+    if not 0.0 <= caption_dropout <= 1.0:
+        raise UserError(f"caption_dropout: expected a probability in [0, 1], got {caption_dropout}")
+    if image_size < 8:
+        raise UserError(f"image_size: expected >= 8, got {image_size}")
+    if num_workers < 0:
+        raise UserError(f"num_workers: expected >= 0, got {num_workers}")
+    sample_filters = SampleFilters.from_config(filters)
+    csv_files = resolve_annotation_files(data_path, dataset_type, parts)
+    if dataset_type == "files":
+        reader = FilesReader(read_files_annotations(csv_files), read_meta=sample_filters.active)
+    else:
+        reader = WebdatasetReader(read_shard_list(csv_files, shard_root))
+    processor = SampleProcessor(
+        tokenizer, image_size=image_size, random_crop=random_crop, random_flip=random_flip,
+        caption_dropout=caption_dropout, filters=sample_filters, min_image_size=min_image_size, seed=seed,
+    )
+    return SampleStream(
+        reader, processor, rank=rank, world_size=world_size, num_workers=num_workers, batch_size=batch_size,
+        seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer, uneven=uneven, drop_remainder=drop_remainder,
+        epoch=epoch, start_step=start_step, start_method=start_method,
+    )
+
+
+class _ColumnsSource:
+    """GeneratorDataset source: (image, token_ids) rows of a :class:`SampleStream`."""
+
+    def __init__(self, stream: SampleStream) -> None:
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for sample in self.stream:
+            yield sample["image"], sample["token_ids"]
+
+
+def build_dataset(
+    dataset_type: str,
+    data_path: str | os.PathLike | Sequence[str | os.PathLike],
+    tokenizer: Callable[[Sequence[str]], np.ndarray],
+    image_size: int = 512,
+    batch_size: int = 1,
+    rank: int | None = None,
+    world_size: int | None = None,
+    num_workers: int = 2,
+    shuffle: bool = True,
+    seed: int = 0,
+    caption_dropout: float = 0.0,
+    random_crop: bool = False,
+    random_flip: bool = False,
+    filters: Mapping[str, Any] | SampleFilters | None = None,
+    start_step: int = 0,
+    epoch: int = 0,
+    drop_remainder: bool = True,
+    **options: Any,
+):
+    """Training batches for one rank: ``(mindspore.dataset.Dataset, steps_per_epoch)``.
+
+    Args:
+        dataset_type: ``"files"`` (``part_<N>.csv``: ``dir,text``) or ``"webdataset"``
+            (``part_<N>_stats.csv``: ``file_path,num_samples``, tar shards).
+        data_path: a folder holding the part csvs (all parts, or ``parts=[...]``), one csv, or a list.
+        tokenizer: callable ``list[str] -> int32 [N, 77]`` (``SDTokenizer``).
+        rank, world_size: default to MindSpore communication when initialised, else ``RANK_ID`` /
+            ``RANK_SIZE`` (0 / 1 when unset).
+        num_workers: decoding processes for this rank (0: in the calling process).
+        shuffle, seed: seeded shard shuffle plus bounded sample shuffle, different every epoch.
+        caption_dropout: probability of replacing the caption with "" (classifier-free guidance).
+        filters: thresholds on the per-sample json, see :mod:`mindone.data.filters`.
+        start_step, epoch: resume point; the first epoch iterated is ``epoch`` from ``start_step``
+            (so it has ``steps_per_epoch - start_step`` batches), the next ones are full.
+        options: ``shuffle_buffer`` (1000), ``uneven`` ("pad" | "drop", see :mod:`mindone.data.shards`),
+            ``min_image_size`` (32 px), ``parts``, ``shard_root`` (folder, URL prefix or template with
+            ``{}`` for relative shard paths), ``start_method`` ("fork").
+    """
+    import mindspore.dataset as ds  # heavy: only when a MindSpore dataset is wanted
+
+    stream = build_sample_stream(
+        dataset_type, data_path, tokenizer, image_size=image_size, batch_size=batch_size, rank=rank,
+        world_size=world_size, num_workers=num_workers, shuffle=shuffle, seed=seed,
+        caption_dropout=caption_dropout, random_crop=random_crop, random_flip=random_flip, filters=filters,
+        start_step=start_step, epoch=epoch, drop_remainder=drop_remainder, **options,
+    )
+    dataset = ds.GeneratorDataset(
+        _ColumnsSource(stream), column_names=["images", "token_ids"], shuffle=False,
+        num_parallel_workers=1, python_multiprocessing=False,
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return dataset, stream.steps_per_epoch

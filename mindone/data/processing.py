@@ -1,0 +1,64 @@
+"""Turn one raw sample (undecoded members) into model inputs, or the reason it is skipped.
+
+Order of checks, cheapest first: caption present, json filters, image present, image header (tiny),
+full decode (corrupt). Random choices (crop offset, flip, caption dropout) come from a generator seeded
+by ``(seed, epoch, crc32(key))``: the same image gets the same choices in the same epoch whatever the
+rank, worker, dataset type or resume point.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mindone.data.caption import caption_of, clean_caption, parse_meta
+from mindone.data.decode import IMAGE_EXTENSIONS, BadImage, decode_image
+from mindone.data.filters import SampleFilters
+from mindone.data.tar_stream import RawSample
+from mindone.data.transforms import resize_crop
+
+Tokenizer = Callable[[Sequence[str]], np.ndarray]
+Processed = tuple[str, np.ndarray, np.ndarray]  # key, uint8 HWC pixels, int32 [77] token ids
+
+
+@dataclass
+class SampleProcessor:
+    """Caption, filters, decode, resize/crop/flip, caption dropout and tokenization for one sample."""
+
+    tokenizer: Tokenizer
+    image_size: int = 512
+    random_crop: bool = False
+    random_flip: bool = False
+    caption_dropout: float = 0.0
+    filters: SampleFilters = field(default_factory=SampleFilters)
+    min_image_size: int = 32
+    seed: int = 0
+
+    def __call__(self, raw: RawSample, epoch: int, counts: dict[str, int]) -> Processed | str:
+        meta = parse_meta(raw.files.get("json"))
+        caption = caption_of(raw.files.get("txt"), meta)
+        caption = clean_caption(caption) if caption is not None else ""
+        if not caption:
+            return "missing_caption"
+        if self.filters.active:
+            reason = self.filters.check(meta, counts)
+            if reason:
+                return reason
+        data = next((raw.files[ext] for ext in IMAGE_EXTENSIONS if ext in raw.files), None)
+        if data is None:
+            return "missing_image"
+        try:
+            image = decode_image(data, self.image_size, self.min_image_size)
+        except BadImage as bad:
+            return bad.reason
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, zlib.crc32(raw.key.encode())])
+        crop_rng = rng if self.random_crop else None
+        flip = bool(self.random_flip and rng.random() < 0.5)
+        pixels = resize_crop(image, self.image_size, crop_rng, flip)
+        if self.caption_dropout > 0 and rng.random() < self.caption_dropout:
+            caption = ""
+        tokens = np.asarray(self.tokenizer([caption]), dtype=np.int32)[0]
+        return raw.key, pixels, tokens

@@ -1,0 +1,117 @@
+"""Stream samples out of a tar shard: a local file, an ``http(s)://`` URL, or a ``pipe:<command>``.
+
+Members are grouped into samples by key (webdataset convention: the path up to the first ``.`` of the
+file name; ``000010023.jpg``, ``000010023.txt`` and ``000010023.json`` form sample ``000010023``).
+Sample ``i`` of a shard is the ``i``-th group in the tar. Only the wanted samples have their bytes
+read: others are skipped by header (a seek on local files; read-and-discard on streams, which cannot
+seek). A truncated or unreadable tar never raises: the wanted samples it could not deliver come out as
+bad with reason ``truncated_shard`` / ``unreadable_shard``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import tarfile
+import urllib.request
+from dataclasses import dataclass, field
+from typing import IO, Iterator, Sequence
+
+logger = logging.getLogger(__name__)
+
+URL_TIMEOUT_S = 60.0
+
+
+@dataclass
+class RawSample:
+    """The undecoded members of one sample: ``files`` maps extension (``jpg``, ``txt``...) to bytes."""
+
+    key: str
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``part/000001.seg.jpg`` -> (``part/000001``, ``seg.jpg``); extensions are lower-cased."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1 :].lower()
+
+
+@contextlib.contextmanager
+def open_shard(url: str) -> Iterator[tuple[IO[bytes], bool]]:
+    """Open a shard for reading; yields ``(file object, seekable)``. Pipes are reaped on exit."""
+    if url.startswith("pipe:"):
+        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE, bufsize=1 << 20)
+        try:
+            yield proc.stdout, False
+        finally:
+            if proc.poll() is None:
+                proc.kill()  # we stopped early: the rest of the stream is not needed
+            proc.stdout.close()
+            code = proc.wait()
+            if code not in (0, -9):
+                logger.warning("%s: command exited with status %d", url, code)
+    elif url.startswith(("http://", "https://")):
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
+            yield response, False
+    else:
+        path = url[7:] if url.startswith("file://") else url
+        with open(path, "rb", buffering=1 << 20) as fh:
+            yield fh, True
+
+
+def read_samples(url: str, wanted: Sequence[int]) -> Iterator[tuple[int, RawSample | str]]:
+    """Yield ``(index, RawSample)`` for each wanted sample index (ascending), or ``(index, reason)``.
+
+    Indices the shard does not have (short or truncated tar) come out with reason ``truncated_shard``;
+    when the shard cannot be opened at all, every index comes out with ``unreadable_shard``.
+    """
+    if len(wanted) == 0:
+        return
+    done = 0
+    try:
+        with open_shard(url) as (fh, seekable):
+            for item in _iter_groups(fh, seekable, wanted):
+                done += 1
+                yield item
+    except (OSError, tarfile.TarError, EOFError, ValueError) as err:
+        reason = "unreadable_shard" if done == 0 else "truncated_shard"
+        logger.warning("%s: %s after %d of %d wanted samples (%s)", url, reason, done, len(wanted), err)
+        for index in wanted[done:]:
+            yield int(index), reason
+        return
+    if done < len(wanted):
+        logger.warning("%s: shard ends after %d of %d wanted samples", url, done, len(wanted))
+        for index in wanted[done:]:
+            yield int(index), "truncated_shard"
+
+
+def _iter_groups(fh: IO[bytes], seekable: bool, wanted: Sequence[int]) -> Iterator[tuple[int, RawSample]]:
+    """The wanted groups of a tar, complete; a group cut by truncation raises (caller marks the rest)."""
+    tar = tarfile.open(fileobj=fh, mode="r:*" if seekable else "r|*")
+    targets = iter(int(w) for w in wanted)
+    target = next(targets)
+    group, key, sample = -1, None, None
+    for member in tar:
+        if not member.isfile():
+            continue
+        member_key, ext = split_member_name(member.name)
+        if member_key != key:
+            if sample is not None:
+                yield group, sample
+                target = next(targets, None)
+                if target is None:
+                    return
+            group, key = group + 1, member_key
+            sample = RawSample(key) if group == target else None
+        if sample is not None:
+            data = tar.extractfile(member).read()
+            if len(data) != member.size:
+                raise EOFError(f"member {member.name} truncated")
+            sample.files[ext] = data
+    if sample is not None:
+        yield group, sample

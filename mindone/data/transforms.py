@@ -1,0 +1,41 @@
+"""Image transforms: resize the smallest side to the training size, crop a square, flip, scale to [-1, 1].
+
+The resize and the crop are one Pillow ``resize`` with a source ``box`` (the crop window mapped back to
+source pixels), so pixels outside the crop are never resampled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+RESAMPLE = Image.Resampling.BICUBIC
+
+
+def resize_crop(
+    image: Image.Image, size: int, rng: np.random.Generator | None = None, flip: bool = False
+) -> np.ndarray:
+    """Square ``size`` crop of ``image`` resized so its smallest side is ``size``; uint8 HWC.
+
+    The crop is centred, or uniformly random (in resized pixels) when ``rng`` is given; ``flip`` mirrors
+    it horizontally.
+    """
+    width, height = image.size
+    scale = size / min(width, height)
+    resized_w, resized_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if rng is None:
+        left, top = (resized_w - size) // 2, (resized_h - size) // 2
+    else:
+        left, top = int(rng.integers(0, resized_w - size + 1)), int(rng.integers(0, resized_h - size + 1))
+    sx, sy = width / resized_w, height / resized_h
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    out = image.resize((size, size), RESAMPLE, box=box)
+    if flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def to_model_input(pixels: np.ndarray) -> np.ndarray:
+    """uint8 HWC (or NHWC) -> float32 CHW (NCHW) in [-1, 1]."""
+    chw = np.moveaxis(pixels, -1, -3)
+    return chw.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
