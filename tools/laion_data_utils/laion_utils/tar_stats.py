@@ -31,11 +31,11 @@ class TarScan:
     """What a tar holds, per sample key. ``error`` is set when the archive is truncated or malformed."""
 
     path: str
-    num_samples: int = 0  # keys with an image member and a caption member
+    num_samples: int = 0  # keys with an image member and a non-empty caption member
     num_images: int = 0  # keys with an image member
-    missing_caption: int = 0  # image without caption
+    missing_caption: int = 0  # image without caption member
+    empty_caption: int = 0  # image with a 0-byte caption member (the loader skips it: not counted)
     missing_image: int = 0  # caption (or json) without image
-    empty_caption: int = 0  # complete samples whose caption member is 0 bytes
     error: str | None = None
     complete_keys: list[str] = field(default_factory=list)
 
@@ -130,7 +130,9 @@ def iter_tar_members(path: str | os.PathLike):
 
 
 def scan_tar(path: str | os.PathLike) -> TarScan:
-    """Group the members of ``path`` into samples and count the complete (image + caption) ones.
+    """Group the members of ``path`` into samples and count the complete (image + non-empty caption) ones.
+
+    An empty caption is known from the header (size 0); a caption of only whitespace is not, and is counted.
 
     Never raises for a bad archive: a truncated or unreadable file comes back with ``error`` set.
     """
@@ -149,11 +151,11 @@ def scan_tar(path: str | os.PathLike) -> TarScan:
         captions = [members[e] for e in CAPTION_EXTS if e in members]
         if has_image:
             scan.num_images += 1
-        if has_image and captions:
+        if has_image and captions and max(captions) > 0:
             scan.num_samples += 1
             scan.complete_keys.append(key)
-            if captions[0] == 0:
-                scan.empty_caption += 1
+        elif has_image and captions:
+            scan.empty_caption += 1
         elif has_image:
             scan.missing_caption += 1
         else:

@@ -1,0 +1,179 @@
+"""laion_gen_data_stats.py and the header-only tar scan it relies on.
+
+Shards are written here the way img2dataset writes them (webdataset TarWriter, then ``_stats.json``); the
+counts are checked against a full read of each tar with ``tarfile``, the slow sure way.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from laion_utils.sample_filters import SampleFilter
+from laion_utils.shard_state import prepare_resume
+from laion_utils.tar_stats import scan_tar
+
+REPO = Path(__file__).resolve().parent.parent
+TOOL = REPO / "tools" / "laion_data_utils" / "laion_gen_data_stats.py"
+
+
+def write_shard(part_dir: Path, shard: int, samples: list[dict], stats: bool = True, successes: int | None = None) -> Path:
+    """A webdataset shard like img2dataset's: ``{key}.jpg/.txt/.json``; ``samples`` items may omit jpg or txt."""
+    import webdataset as wds
+
+    part_dir.mkdir(parents=True, exist_ok=True)
+    path = part_dir / f"{shard:05d}.tar"
+    with open(path, "wb") as fh, wds.TarWriter(fh) as sink:
+        for i, s in enumerate(samples):
+            key = f"{shard:05d}{i:04d}"
+            record = {"__key__": key, "json": json.dumps({"key": key, **s.get("meta", {})})}
+            if s.get("jpg", True):
+                record["jpg"] = b"\xff\xd8" + bytes(s.get("nbytes", 3000))
+            if "txt" in s:
+                record["txt"] = s["txt"]
+            sink.write(record)
+    if stats:
+        n_images = sum(1 for s in samples if s.get("jpg", True))
+        (part_dir / f"{shard:05d}_stats.json").write_text(
+            json.dumps({"count": len(samples), "successes": n_images if successes is None else successes})
+        )
+    return path
+
+
+def tarfile_count(path: Path) -> int:
+    """Complete samples by reading every member with tarfile (the baseline truth)."""
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            key, ext = m.name.split(".", 1)
+            members.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return sum(1 for v in members.values() if "jpg" in v and v.get("txt"))
+
+
+def run_tool(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def good(n: int, **meta) -> list[dict]:
+    return [{"txt": f"caption {i}", "meta": meta} for i in range(n)]
+
+
+def test_scan_counts_equal_full_read(tmp_path):
+    samples = good(5) + [{"jpg": False, "txt": "caption only"}, {"txt": None}, {"txt": ""}, {"txt": "ok", "nbytes": 70_000}]
+    samples[6] = {"jpg": True}  # image without caption
+    path = write_shard(tmp_path, 0, samples)
+    scan = scan_tar(path)
+    assert scan.ok and scan.num_samples == tarfile_count(path) == 6
+    assert (scan.num_images, scan.missing_caption, scan.empty_caption, scan.missing_image) == (8, 1, 1, 1)
+
+
+def test_long_member_names_and_pax_headers(tmp_path):
+    path = tmp_path / "long.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(3):
+            for ext, data in (("jpg", b"x" * 1000), ("txt", "légende ünïcode".encode())):
+                info = tarfile.TarInfo(f"{'d' * 120}/{'k' * 110}{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    scan = scan_tar(path)
+    assert scan.ok and scan.num_samples == 3
+
+
+@pytest.mark.parametrize("cut", ["mid_header", "mid_data", "at_member_boundary", "no_end_marker"])
+def test_truncated_tar_is_detected(tmp_path, cut):
+    path = write_shard(tmp_path, 0, good(6))
+    data = path.read_bytes()
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    last = members[-1]
+    end_of_last = last.offset_data + (last.size + 511) // 512 * 512
+    offsets = {
+        "mid_header": members[4].offset + 100,
+        "mid_data": members[4].offset_data + 10,
+        "at_member_boundary": members[6].offset,  # clean cut between two members: only the end marker is missing
+        "no_end_marker": end_of_last,
+    }
+    path.write_bytes(data[: offsets[cut]])
+    scan = scan_tar(path)
+    assert not scan.ok and "truncated" in scan.error
+
+
+def test_cli_writes_stats_and_leaves_out_bad_shards(tmp_path):
+    part1, part2 = tmp_path / "part_1", tmp_path / "part_2"
+    write_shard(part1, 0, good(7))
+    write_shard(part1, 1, good(4) + [{"jpg": True}])  # one image without caption: 4 samples
+    write_shard(part1, 2, good(5), stats=False)  # unfinished: no _stats.json
+    bad = write_shard(part1, 3, good(5))
+    bad.write_bytes(bad.read_bytes()[:9000])  # truncated after img2dataset reported it done
+    write_shard(part1, 4, good(5), successes=9)  # disagrees with its _stats.json
+    write_shard(part2, 0, good(3))
+    proc = run_tool("--data_dir", str(tmp_path), "--all_stats")
+    for shard in ("00002.tar: no readable", "00003.tar: unreadable tar: truncated", "00004.tar: holds 5 images but _stats.json reports 9"):
+        assert f"part_1/{shard}" in proc.stderr
+    stats1 = pd.read_csv(tmp_path / "part_1_stats.csv")
+    assert list(stats1.itertuples(index=False, name=None)) == [("part_1/00000.tar", 7), ("part_1/00001.tar", 4)]
+    for rel, n in stats1.itertuples(index=False, name=None):
+        assert n == tarfile_count(tmp_path / rel)
+    assert list(pd.read_csv(tmp_path / "part_2_stats.csv")["file_path"]) == ["part_2/00000.tar"]
+    assert pd.read_csv(tmp_path / "all_stats.csv")["num_samples"].tolist() == [7, 4, 3]
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+    # --strict: the same problems are fatal, one line, and the bad part's csv is not rewritten
+    before = (tmp_path / "part_1_stats.csv").read_bytes()
+    proc = run_tool("--data_dir", str(tmp_path), "--strict", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("laion_gen_data_stats.py: error: 3 shard(s) left out")
+    assert (tmp_path / "part_1_stats.csv").read_bytes() == before
+
+
+def test_bad_data_dir_is_one_line(tmp_path):
+    proc = run_tool("--data_dir", str(tmp_path / "nope"), check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "is not a folder" in proc.stderr
+
+
+def test_post_download_filters_count_passing_samples(tmp_path):
+    samples = []
+    for i in range(12):
+        meta = {"original_width": 300 + 50 * i, "original_height": 600, "similarity": 0.2 + 0.01 * i,
+                "AESTHETIC_SCORE": 4.0 + 0.2 * i, "pwatermark": 0.05 * i}  # fmt: skip
+        samples.append({"txt": f"c{i}", "meta": meta})
+    samples[3]["meta"] = {}  # no scores at all: unjudged, passes (same rule as the training loader)
+    write_shard(tmp_path / "part_1", 0, samples)
+    flt = SampleFilter(min_width=500, min_aesthetic=5.0, max_watermark=0.5)
+    expected = sum(1 for s in samples if flt.passes({"key": "k", **s["meta"]}))
+    run_tool("--data_dir", str(tmp_path), "--min_width", "500", "--min_aesthetic", "5.0", "--max_watermark", "0.5")
+    assert pd.read_csv(tmp_path / "part_1_stats.csv")["num_samples"].tolist() == [expected]
+    # by hand: i>=4 for width (300+50i>=500), i>=5 for aesthetic, i<=10 for watermark, plus the unjudged one
+    assert expected == len([i for i in range(12) if 5 <= i <= 10]) + 1
+
+
+def test_sample_filter_rules():
+    f = SampleFilter(min_size=512, min_similarity=0.28, max_punsafe=0.98)
+    assert f.passes({"original_width": 600, "original_height": 512, "similarity": 0.3, "punsafe": 0.5})
+    assert f.reject_reason({"original_width": 600, "original_height": 500}) == "filtered_min_size"
+    assert f.reject_reason({"width": 900, "height": 900, "similarity": 0.1}) == "filtered_min_similarity"
+    counts: dict[str, int] = {}
+    assert f.passes({"WIDTH": 700, "HEIGHT": 800, "similarity": float("nan")}, counts)
+    assert counts == {"unjudged_min_similarity": 1, "unjudged_max_punsafe": 1}
+    assert SampleFilter(min_aesthetic=6).reject_reason({"aesthetic": 5.9}) == "filtered_min_aesthetic"
+    assert not SampleFilter().active and SampleFilter(max_watermark=0.5).as_loader_filters() == {"max_watermark": 0.5}
+
+
+def test_prepare_resume_removes_partial_and_bad_shards(tmp_path):
+    part = tmp_path / "part_1"
+    write_shard(part, 0, good(3))
+    write_shard(part, 1, good(3), stats=False)  # killed mid-shard
+    (part / "00001.parquet").write_bytes(b"partial")
+    bad = write_shard(part, 2, good(3))
+    bad.write_bytes(bad.read_bytes()[:700])
+    report = prepare_resume(part, "webdataset")
+    assert report.done == 1 and report.invalidated == ["00002"] and sorted(report.partial_removed) == ["00001"]
+    assert sorted(p.name for p in part.iterdir()) == ["00000.tar", "00000_stats.json"]

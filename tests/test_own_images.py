@@ -1,0 +1,95 @@
+"""make_dataset_from_images.py: your own captioned images -> the layout a LAION download has."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+TOOL = REPO / "tools" / "laion_data_utils" / "make_dataset_from_images.py"
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=120)
+
+
+def make_images(folder: Path, n: int, size=(48, 40)) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        name = f"img_{i:02d}.{'png' if i % 2 else 'jpg'}"
+        Image.new("RGB", size, (i * 20 % 256, 80, 160)).save(folder / name)
+        names.append(name)
+    return names
+
+
+def tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            key, ext = m.name.split(".", 1)
+            out.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return out
+
+
+@pytest.mark.parametrize("caption_source", ["jsonl", "csv", "txt"])
+def test_webdataset_from_each_caption_source(tmp_path, caption_source):
+    src = tmp_path / "pokemon"
+    names = make_images(src, 7)
+    captions = {n: f"a drawing of pokemon {i}, green" for i, n in enumerate(names)}
+    del captions[names[5]]  # no caption: skipped
+    captions[names[6]] = " "  # empty caption: skipped
+    if caption_source == "jsonl":
+        (src / "metadata.jsonl").write_text("".join(json.dumps({"file_name": n, "text": t}) + "\n" for n, t in captions.items()))
+    elif caption_source == "csv":
+        pd.DataFrame({"file_name": list(captions), "text": list(captions.values())}).to_csv(src / "metadata.csv", index=False)
+    else:
+        for n, t in captions.items():
+            (src / n).with_suffix(".txt").write_text(t)
+    (src / "broken.jpg").write_bytes(b"not an image")
+    if caption_source == "txt":
+        (src / "broken.txt").write_text("caption of a broken file")
+    out = tmp_path / "data"
+    proc = run_tool("--image_dir", str(src), "--output_dir", str(out), "--samples_per_shard", "3")
+    assert proc.returncode == 0, proc.stderr
+    stats = pd.read_csv(out / "part_1_stats.csv")
+    assert list(stats["file_path"]) == ["part_1/00000.tar", "part_1/00001.tar"]
+    got = {}
+    for rel, n in zip(stats["file_path"], stats["num_samples"]):
+        samples = tar_samples(out / rel)
+        assert n == len(samples)
+        for s in samples.values():
+            meta = json.loads(s["json"])
+            got[meta["source"]] = s["txt"].decode()
+            img_ext = next(e for e in s if e in ("jpg", "png"))
+            assert Path(meta["source"]).suffix in (".jpg", ".png") and (src / meta["source"]).read_bytes() == s[img_ext]
+    assert got == {n: t for n, t in captions.items() if t.strip()}
+    assert "unreadable image" in proc.stderr or caption_source != "txt"
+
+
+def test_files_format_with_resize(tmp_path):
+    src = tmp_path / "imgs"
+    names = make_images(src / "sub", 4, size=(200, 100))
+    for i, n in enumerate(names):
+        (src / "sub" / n).with_suffix(".txt").write_text(f"caption {i}")
+    out = tmp_path / "data"
+    proc = run_tool("--image_dir", str(src), "--output_dir", str(out), "--output_format", "files", "--image_size", "64", "--part_id", "7")
+    assert proc.returncode == 0, proc.stderr
+    annot = pd.read_csv(out / "part_7.csv")
+    assert list(annot["text"]) == [f"caption {i}" for i in range(4)]
+    for rel in annot["dir"]:
+        with Image.open(out / rel) as img:
+            assert img.size == (128, 64) and img.format == "JPEG"
+
+
+def test_no_captioned_images_is_one_line(tmp_path):
+    make_images(tmp_path / "x", 2)
+    proc = run_tool("--image_dir", str(tmp_path / "x"), "--output_dir", str(tmp_path / "o"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no captioned image" in proc.stderr

@@ -1,0 +1,67 @@
+"""Make a training dataset from your own captioned images, in the same layout as a LAION download.
+
+    python make_dataset_from_images.py --image_dir pokemon/ --output_dir data/ [--output_format files]
+
+Captions: metadata.jsonl ({"file_name", "text"} per line), metadata.csv (file_name,text), or a .txt beside
+each image. Output: data/part_1/00000.tar ... + data/part_1_stats.csv (webdataset), or data/part_1/00000/
+... + data/part_1.csv (files). Train with --dataset_type webdataset|files on data/ as with LAION. Images
+without a caption (or with an empty one) and unreadable images are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from mindone.utils.cli import UserError, run_main, setup_cli_logging
+
+from laion_utils.annotations import files_part_annotations, tar_part_stats, write_csv
+from laion_utils.own_images import clear_part, collect_samples, merge_counts, write_shards
+
+logger = logging.getLogger("make_dataset_from_images")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image_dir", required=True, help="folder of images (searched recursively) and captions")
+    parser.add_argument("--output_dir", required=True, help="dataset folder; the part goes to <output_dir>/part_<part_id>")
+    parser.add_argument("--output_format", default="webdataset", choices=["webdataset", "files"], help="(default: webdataset)")
+    parser.add_argument("--part_id", default="1", help="part folder name suffix (default: 1)")
+    parser.add_argument("--samples_per_shard", type=int, default=10000, help="images per tar / folder (default: 10000)")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="shrink images whose smaller side exceeds this (re-encoded as jpg); default keeps the original bytes")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_cli_logging()
+    if args.samples_per_shard < 1:
+        raise UserError(f"--samples_per_shard must be at least 1, got {args.samples_per_shard}")
+    image_dir, out = Path(args.image_dir), Path(args.output_dir)
+    collected = collect_samples(image_dir)
+    if not collected.samples:
+        raise UserError(f"--image_dir {image_dir}: no captioned image found (skipped: {merge_counts(collected.skipped) or 'none'})")
+    part_dir = out / f"part_{args.part_id}"
+    clear_part(part_dir)
+    write_skips = write_shards(collected.samples, part_dir, args.output_format, args.samples_per_shard, args.image_size, image_dir)
+    if args.output_format == "webdataset":
+        stats = tar_part_stats(out, part_dir)
+        if stats.problems:
+            raise UserError(f"written shards do not check out: {stats.problems[0]}")
+        write_csv(out / f"part_{args.part_id}_stats.csv", ("file_path", "num_samples"), stats.rows)
+        written = stats.total
+    else:
+        annot = files_part_annotations(out, part_dir)
+        if annot.problems:
+            raise UserError(f"written shards do not check out: {annot.problems[0]}")
+        write_csv(out / f"part_{args.part_id}.csv", ("dir", "text"), annot.rows)
+        written = len(annot.rows)
+    logger.info("%d samples -> %s; skipped: %s", written, part_dir, merge_counts(collected.skipped, write_skips) or "none")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
