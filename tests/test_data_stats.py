@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from laion_utils.sample_filters import SampleFilter
+from laion_utils.sample_filters import filters_from_args, passes
+from mindone.data.filters import SampleFilters
 from laion_utils.shard_state import prepare_resume
 from laion_utils.tar_stats import scan_tar
 
@@ -54,7 +55,7 @@ def tarfile_count(path: Path) -> int:
         for m in tar:
             key, ext = m.name.split(".", 1)
             members.setdefault(key, {})[ext] = tar.extractfile(m).read()
-    return sum(1 for v in members.values() if "jpg" in v and v.get("txt"))
+    return sum(1 for v in members.values() if "jpg" in v and "txt" in v)
 
 
 def run_tool(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -73,7 +74,7 @@ def test_scan_counts_equal_full_read(tmp_path):
     samples[6] = {"jpg": True}  # image without caption
     path = write_shard(tmp_path, 0, samples)
     scan = scan_tar(path)
-    assert scan.ok and scan.num_samples == tarfile_count(path) == 6
+    assert scan.ok and scan.num_samples == tarfile_count(path) == 7  # the empty caption counts: the loader indexes it
     assert (scan.num_images, scan.missing_caption, scan.empty_caption, scan.missing_image) == (8, 1, 1, 1)
 
 
@@ -139,32 +140,47 @@ def test_bad_data_dir_is_one_line(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "is not a folder" in proc.stderr
 
 
-def test_post_download_filters_count_passing_samples(tmp_path):
+def test_post_download_filters_write_filtered_shards(tmp_path):
     samples = []
     for i in range(12):
         meta = {"original_width": 300 + 50 * i, "original_height": 600, "similarity": 0.2 + 0.01 * i,
                 "AESTHETIC_SCORE": 4.0 + 0.2 * i, "pwatermark": 0.05 * i}  # fmt: skip
         samples.append({"txt": f"c{i}", "meta": meta})
     samples[3]["meta"] = {}  # no scores at all: unjudged, passes (same rule as the training loader)
-    write_shard(tmp_path / "part_1", 0, samples)
-    flt = SampleFilter(min_width=500, min_aesthetic=5.0, max_watermark=0.5)
-    expected = sum(1 for s in samples if flt.passes({"key": "k", **s["meta"]}))
-    run_tool("--data_dir", str(tmp_path), "--min_width", "500", "--min_aesthetic", "5.0", "--max_watermark", "0.5")
-    assert pd.read_csv(tmp_path / "part_1_stats.csv")["num_samples"].tolist() == [expected]
+    write_shard(tmp_path / "data" / "part_1", 0, samples)
+    write_shard(tmp_path / "data" / "part_1", 1, samples[:4])
+    flt = SampleFilters(min_width=500, min_aesthetic=5.0, max_watermark=0.5)  # what the loader would apply
+    expected = [f"c{i}" for i, s in enumerate(samples) if passes(flt, {"key": "k", **s["meta"]})]
     # by hand: i>=4 for width (300+50i>=500), i>=5 for aesthetic, i<=10 for watermark, plus the unjudged one
-    assert expected == len([i for i in range(12) if 5 <= i <= 10]) + 1
+    assert expected == ["c3"] + [f"c{i}" for i in range(5, 11)]
+    data, out = tmp_path / "data", tmp_path / "filtered"
+    proc = run_tool("--data_dir", str(data), "--min_width", "500", "--min_aesthetic", "5.0", "--max_watermark", "0.5",
+                    "--filtered_output_dir", str(out), "--all_stats")  # fmt: skip
+    assert pd.read_csv(data / "part_1_stats.csv")["num_samples"].tolist() == [12, 4]  # the source counts stay whole
+    stats = pd.read_csv(out / "part_1_stats.csv")
+    assert list(stats.itertuples(index=False, name=None)) == [("part_1/00000.tar", len(expected)), ("part_1/00001.tar", 1)]
+    with tarfile.open(out / "part_1" / "00000.tar") as tar:
+        captions = [tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".txt")]
+    assert captions == expected
+    assert pd.read_csv(out / "all_stats.csv")["num_samples"].sum() == len(expected) + 1
+    assert "filtered_min_width" in proc.stderr
+    # filters without an output folder: refused with one line rather than writing counts the tars do not match
+    proc = run_tool("--data_dir", str(data), "--min_aesthetic", "5", check=False)
+    assert proc.returncode == 2 and "need --filtered_output_dir" in proc.stderr
 
 
-def test_sample_filter_rules():
-    f = SampleFilter(min_size=512, min_similarity=0.28, max_punsafe=0.98)
-    assert f.passes({"original_width": 600, "original_height": 512, "similarity": 0.3, "punsafe": 0.5})
-    assert f.reject_reason({"original_width": 600, "original_height": 500}) == "filtered_min_size"
-    assert f.reject_reason({"width": 900, "height": 900, "similarity": 0.1}) == "filtered_min_similarity"
-    counts: dict[str, int] = {}
-    assert f.passes({"WIDTH": 700, "HEIGHT": 800, "similarity": float("nan")}, counts)
-    assert counts == {"unjudged_min_similarity": 1, "unjudged_max_punsafe": 1}
-    assert SampleFilter(min_aesthetic=6).reject_reason({"aesthetic": 5.9}) == "filtered_min_aesthetic"
-    assert not SampleFilter().active and SampleFilter(max_watermark=0.5).as_loader_filters() == {"max_watermark": 0.5}
+def test_filter_flags_build_the_loader_filter():
+    import argparse
+
+    from laion_utils.sample_filters import add_filter_arguments
+
+    parser = argparse.ArgumentParser()
+    add_filter_arguments(parser)
+    flt = filters_from_args(parser.parse_args(["--min_size", "512", "--max_punsafe", "0.98"]))
+    assert flt == SampleFilters(min_size=512, max_punsafe=0.98)
+    assert passes(flt, {"original_width": 600, "original_height": 512, "punsafe": 0.5})
+    assert not passes(flt, {"original_width": 600, "original_height": 500})
+    assert not filters_from_args(parser.parse_args([])).active
 
 
 def test_prepare_resume_removes_partial_and_bad_shards(tmp_path):

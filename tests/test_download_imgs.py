@@ -142,9 +142,13 @@ def test_stats_csv_matches_real_tar_contents(webdataset_run):
         assert n == len(keys)
     assert pd.read_csv(out / "all_stats.csv")["num_samples"].sum() == len(GOOD_ROUTES) * 2
     # post-download filter at stats time: aesthetic grows with the row index, so a threshold drops a prefix
-    run([sys.executable, str(STATS_TOOL), "--data_dir", str(out), "--min_aesthetic", "5.05"])
+    filtered = webdataset_run["root"] / "filtered"
+    run([sys.executable, str(STATS_TOOL), "--data_dir", str(out), "--min_aesthetic", "5.05", "--filtered_output_dir", str(filtered)])
     metas = [json.loads(s["json"]) for s in tar_members(part).values()]
-    assert pd.read_csv(out / "part_1_stats.csv")["num_samples"].sum() == sum(m["AESTHETIC_SCORE"] >= 5.05 for m in metas)
+    kept = [json.loads(s["json"]) for s in tar_members(filtered / "part_1").values()]
+    assert sorted(m["url"] for m in kept) == sorted(m["url"] for m in metas if m["AESTHETIC_SCORE"] >= 5.05)
+    assert 0 < len(kept) < len(metas)
+    assert pd.read_csv(filtered / "part_1_stats.csv")["num_samples"].sum() == len(kept)
 
 
 @pytest.mark.timeout(150)

@@ -2,15 +2,18 @@
 
 num_samples is counted from each tar's headers (samples with both an image and a caption member) and
 checked against the shard's _stats.json; a shard that is unfinished, truncated, unreadable or disagrees
-with its _stats.json is reported and left out (--strict makes that an error). Post-download filters, when
-given, read each sample's json and count only the samples that pass; the data loader must then be given
-the same filters so that it yields exactly the counted samples.
+with its _stats.json is reported and left out (--strict makes that an error).
+
+Post-download filters (--min_size, --min_aesthetic, ...) need --filtered_output_dir F: the samples whose
+json passes are copied into F/part_<id>/ shards, with F/part_<id>_stats.csv. Train on F and the counts are
+exact. (Or keep D and give the training loader the same thresholds: build_dataset(filters=...).)
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -18,8 +21,9 @@ from tqdm import tqdm
 
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
 
-from laion_utils.annotations import find_part_dirs, tar_part_stats, write_csv
-from laion_utils.sample_filters import SampleFilter
+from laion_utils.annotations import PartStats, find_part_dirs, tar_part_stats, write_csv
+from laion_utils.sample_filters import add_filter_arguments, describe, filters_from_args
+from laion_utils.shard_filter import filter_shard
 
 logger = logging.getLogger("laion_gen_data_stats")
 HEADER = ("file_path", "num_samples")
@@ -30,9 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", required=True, help="folder holding the part_<id> folders of a download")
     parser.add_argument("--parts", nargs="*", help="only these part ids (default: every part_<id> folder)")
     parser.add_argument("--strict", action="store_true", help="exit with an error if any shard has to be left out")
-    parser.add_argument("--all_stats", action="store_true", help="also write D/all_stats.csv covering every part")
-    SampleFilter.add_arguments(parser)
+    parser.add_argument("--all_stats", action="store_true", help="also write all_stats.csv covering every part")
+    parser.add_argument("--filtered_output_dir", help="with filters: write the passing samples as new shards here")
+    add_filter_arguments(parser)
     return parser
+
+
+def write_part_stats(root: Path, part_id: str, stats: PartStats) -> None:
+    write_csv(root / f"part_{part_id}_stats.csv", HEADER, stats.rows)
+    logger.info("%s/part_%s_stats.csv: %d shards, %d samples", root, part_id, len(stats.rows), stats.total)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,7 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
         raise UserError(f"--data_dir {data_dir} is not a folder")
-    sample_filter = SampleFilter.from_args(args)
+    filters = filters_from_args(args)
+    if filters.active and not args.filtered_output_dir:
+        raise UserError("post-download filters need --filtered_output_dir (or give them to the training loader instead)")
+    out_dir = Path(args.filtered_output_dir) if args.filtered_output_dir else None
+    if out_dir is not None and out_dir.resolve() == data_dir.resolve():
+        raise UserError("--filtered_output_dir must differ from --data_dir")
     parts = find_part_dirs(data_dir)
     if args.parts:
         wanted = set(args.parts)
@@ -51,12 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--parts: no folder {data_dir}/part_{sorted(missing)[0]}")
     if not parts:
         raise UserError(f"--data_dir {data_dir} has no part_<id> folders")
-    if sample_filter.active:
-        logger.info("post-download filters: %s (give the loader the same filters)", sample_filter.describe())
-    all_rows: list[tuple[str, int]] = []
+    all_rows: dict[Path, list[tuple[str, int]]] = {data_dir: [], **({out_dir: []} if out_dir else {})}
     problems: list[str] = []
+    reasons: Counter = Counter()
     for part_id, part_dir in tqdm(parts, desc="parts", unit="part"):
-        stats = tar_part_stats(data_dir, part_dir, sample_filter)
+        stats = tar_part_stats(data_dir, part_dir)
         for line in stats.problems:
             logger.warning(line)
         problems += stats.problems
@@ -65,15 +79,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not stats.rows:
             logger.warning("part %s: no complete tar shard, no stats csv written", part_id)
             continue
-        write_csv(data_dir / f"part_{part_id}_stats.csv", HEADER, stats.rows)
-        all_rows += stats.rows
-        extra = f", {stats.filtered_out} filtered out" if sample_filter.active else ""
-        logger.info("part %s: %d shards, %d samples%s", part_id, len(stats.rows), stats.total, extra)
+        write_part_stats(data_dir, part_id, stats)
+        all_rows[data_dir] += stats.rows
+        if out_dir is not None:
+            for rel, _ in tqdm(stats.rows, desc=f"filter part_{part_id}", unit="shard", leave=False):
+                filter_shard(data_dir / rel, out_dir / rel, filters, reasons)
+            filtered = tar_part_stats(out_dir, out_dir / f"part_{part_id}")
+            write_part_stats(out_dir, part_id, filtered)
+            all_rows[out_dir] += filtered.rows
     if args.strict and problems:
         raise UserError(f"{len(problems)} shard(s) left out, first: {problems[0]}")
     if args.all_stats:
-        write_csv(data_dir / "all_stats.csv", HEADER, all_rows)
-    logger.info("%d samples in %d shards%s", sum(n for _, n in all_rows), len(all_rows),
+        for root, rows in all_rows.items():
+            write_csv(root / "all_stats.csv", HEADER, rows)
+    if out_dir is not None:
+        logger.info("filters %s dropped: %s", describe(filters), dict(reasons) or "nothing")
+    logger.info("%d samples in %d shards%s", sum(n for _, n in all_rows[data_dir]), len(all_rows[data_dir]),
                 f"; {len(problems)} shard(s) left out" if problems else "")  # fmt: skip
     return 0
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from mindone.data.filters import SampleFilters
 from mindone.utils.atomic import atomic_open
 
-from laion_utils.sample_filters import SampleFilter
+from laion_utils.sample_filters import passes
 from laion_utils.shard_state import check_shard, read_stats_json, scan_files_shard
-from laion_utils.tar_stats import read_sample_jsons
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +55,17 @@ class PartStats:
 
     rows: list[tuple[str, int]] = field(default_factory=list)  # (file_path relative to D, num_samples)
     problems: list[str] = field(default_factory=list)  # one line per shard left out
-    filtered_out: int = 0
 
     @property
     def total(self) -> int:
         return sum(n for _, n in self.rows)
 
 
-def tar_part_stats(data_dir: Path, part_dir: Path, sample_filter: SampleFilter | None = None) -> PartStats:
+def tar_part_stats(data_dir: Path, part_dir: Path) -> PartStats:
     """Count the complete samples of every finished tar shard in ``part_dir`` (headers only).
 
     A shard is left out, with a line in ``problems``, when its ``_stats.json`` is missing (unfinished), its
-    tar is truncated or unreadable, or the images it holds differ from the ``successes`` it reports. With
-    an active ``sample_filter`` the count is of samples whose json passes it.
+    tar is truncated or unreadable, or the images it holds differ from the ``successes`` it reports.
     """
     result = PartStats()
     names = sorted(m.group(1) for m in map(_SHARD_TAR.match, os.listdir(part_dir)) if m)
@@ -80,12 +78,7 @@ def tar_part_stats(data_dir: Path, part_dir: Path, sample_filter: SampleFilter |
         if not check.ok:
             result.problems.append(f"{rel}: {check.error}, left out")
             continue
-        count = check.num_samples
-        if sample_filter is not None and sample_filter.active:
-            metas = read_sample_jsons(check.data_path, set(check.complete_keys))
-            count = sum(1 for key in check.complete_keys if sample_filter.passes(metas.get(key, {})))
-            result.filtered_out += check.num_samples - count
-        result.rows.append((rel, count))
+        result.rows.append((rel, check.num_samples))
     return result
 
 
@@ -98,7 +91,7 @@ class PartAnnotations:
     problems: list[str] = field(default_factory=list)  # shards left out
 
 
-def files_part_annotations(data_dir: Path, part_dir: Path, sample_filter: SampleFilter | None = None) -> PartAnnotations:
+def files_part_annotations(data_dir: Path, part_dir: Path, sample_filter: SampleFilters | None = None) -> PartAnnotations:
     """Image/caption rows of every finished shard folder in ``part_dir``.
 
     A sample without an image or a caption file, or with an empty caption, is skipped and counted by
@@ -128,7 +121,7 @@ def files_part_annotations(data_dir: Path, part_dir: Path, sample_filter: Sample
                     meta = json.loads(meta_path.read_text(encoding="utf-8"))
                 except (OSError, ValueError):
                     meta = {}
-                if not sample_filter.passes(meta if isinstance(meta, dict) else {}):
+                if not passes(sample_filter, meta if isinstance(meta, dict) else {}):
                     result.skipped["filtered out"] += 1
                     continue
             result.rows.append((f"{rel_dir}/{image}", text))

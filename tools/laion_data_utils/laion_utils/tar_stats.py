@@ -31,10 +31,10 @@ class TarScan:
     """What a tar holds, per sample key. ``error`` is set when the archive is truncated or malformed."""
 
     path: str
-    num_samples: int = 0  # keys with an image member and a non-empty caption member
+    num_samples: int = 0  # keys with an image member and a caption member
     num_images: int = 0  # keys with an image member
     missing_caption: int = 0  # image without caption member
-    empty_caption: int = 0  # image with a 0-byte caption member (the loader skips it: not counted)
+    empty_caption: int = 0  # samples (counted) whose caption member is 0 bytes; the loader skips them
     missing_image: int = 0  # caption (or json) without image
     error: str | None = None
     complete_keys: list[str] = field(default_factory=list)
@@ -130,9 +130,11 @@ def iter_tar_members(path: str | os.PathLike):
 
 
 def scan_tar(path: str | os.PathLike) -> TarScan:
-    """Group the members of ``path`` into samples and count the complete (image + non-empty caption) ones.
+    """Group the members of ``path`` into samples and count the complete (image + caption member) ones.
 
-    An empty caption is known from the header (size 0); a caption of only whitespace is not, and is counted.
+    For img2dataset shards that is every sample group of the tar, which is what the training loader indexes
+    (``mindone.data`` addresses samples by their position in the tar and skips an empty caption at load
+    time, so an empty caption is counted here, and reported in ``empty_caption``).
 
     Never raises for a bad archive: a truncated or unreadable file comes back with ``error`` set.
     """
@@ -151,39 +153,13 @@ def scan_tar(path: str | os.PathLike) -> TarScan:
         captions = [members[e] for e in CAPTION_EXTS if e in members]
         if has_image:
             scan.num_images += 1
-        if has_image and captions and max(captions) > 0:
+        if has_image and captions:
             scan.num_samples += 1
             scan.complete_keys.append(key)
-        elif has_image and captions:
-            scan.empty_caption += 1
+            scan.empty_caption += max(captions) == 0
         elif has_image:
             scan.missing_caption += 1
         else:
             scan.missing_image += 1
     return scan
 
-
-def read_sample_jsons(path: str | os.PathLike, keys: set[str] | None = None) -> dict[str, dict]:
-    """``{key: parsed json}`` for the ``.json`` members of ``path`` (only ``keys`` when given).
-
-    Reads the small json members only; image bytes are skipped. A json that does not parse maps to ``{}``.
-    """
-    import json
-
-    wanted: list[tuple[str, int, int]] = []
-    for name, size, offset in iter_tar_members(path):
-        parts = split_key_ext(name)
-        if parts is not None and parts[1] == "json" and (keys is None or parts[0] in keys):
-            wanted.append((parts[0], size, offset))
-    out: dict[str, dict] = {}
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for key, size, offset in wanted:
-            try:
-                value = json.loads(os.pread(fd, size, offset))
-            except ValueError:
-                value = {}
-            out[key] = value if isinstance(value, dict) else {}
-    finally:
-        os.close(fd)
-    return out

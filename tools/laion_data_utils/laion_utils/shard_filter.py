@@ -1,0 +1,77 @@
+"""Stats-time post-download filtering for webdataset parts: write filtered copies of the shards.
+
+The training loader addresses tar samples by position and takes each shard's sample count from the stats
+csv, so a filtered count for an unfiltered tar would be wrong. Filtering at stats time therefore writes
+new tars that hold only the passing samples (read sequentially, written atomically, ``_stats.json`` last
+as img2dataset does); their stats csv is then exact and the loader needs no filters. The alternative is
+to keep the tars and pass the same thresholds to the loader (``build_dataset(filters=...)``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from mindone.data.filters import SampleFilters
+from mindone.utils.atomic import atomic_path, atomic_write_text
+
+from laion_utils.tar_stats import split_key_ext
+
+logger = logging.getLogger(__name__)
+
+
+def _group_passes(group: list[tuple[tarfile.TarInfo, bytes]], filters: SampleFilters, reasons: Counter) -> bool:
+    meta: dict = {}
+    for member, data in group:
+        parts = split_key_ext(member.name)
+        if parts and parts[1] == "json":
+            try:
+                loaded = json.loads(data)
+            except ValueError:
+                loaded = {}
+            meta = loaded if isinstance(loaded, dict) else {}
+    reason = filters.check(meta, {})
+    if reason:
+        reasons[reason] += 1
+        return False
+    return True
+
+
+def filter_shard(src: Path, dst: Path, filters: SampleFilters, reasons: Counter) -> tuple[int, int]:
+    """Copy the sample groups of ``src`` whose json passes ``filters`` to ``dst``; returns (kept, total)."""
+    start = time.time()
+    kept = total = 0
+    with tarfile.open(src) as tar_in, atomic_path(dst) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar_out:
+            group: list[tuple[tarfile.TarInfo, bytes]] = []
+            key = None
+
+            def flush() -> None:
+                nonlocal kept, total
+                if not group:
+                    return
+                total += 1
+                if _group_passes(group, filters, reasons):
+                    kept += 1
+                    for member, data in group:
+                        tar_out.addfile(member, io.BytesIO(data))
+
+            for member in tar_in:
+                if not member.isfile():
+                    continue
+                parts = split_key_ext(member.name)
+                member_key = parts[0] if parts else member.name
+                if member_key != key:
+                    flush()
+                    group, key = [], member_key
+                group.append((member, tar_in.extractfile(member).read()))
+            flush()
+    stats = {"count": total, "successes": kept, "filtered_out": total - kept, "filters": filters.__dict__,
+             "start_time": start, "end_time": time.time(), "source": str(src)}  # fmt: skip
+    atomic_write_text(dst.with_name(dst.name[: -len(".tar")] + "_stats.json"), json.dumps(stats, indent=4))
+    return kept, total
