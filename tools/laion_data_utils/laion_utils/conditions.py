@@ -1,0 +1,125 @@
+"""Filter conditions on LAION metadata columns, evaluated the same way by the arrow and spark engines.
+
+Null semantics: a row whose value is null (or NaN, for float columns) fails every condition on that
+column. So a row with NaN WIDTH never passes ``width>=512``, and a null caption fails a caption-length
+condition (an empty caption has length 0 and is compared as such).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# (flag name, logical column, operator) in the fixed order used to attribute removed rows.
+CONDITION_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("min_width", "width", ">="),
+    ("min_height", "height", ">="),
+    ("max_punsafe", "punsafe", "<="),
+    ("min_aesthetic", "aesthetic", ">="),
+    ("max_pwatermark", "pwatermark", "<="),
+    ("min_similarity", "similarity", ">="),
+    ("language", "language", "in"),
+    ("min_caption_length", "text", "len>="),
+    ("max_caption_length", "text", "len<="),
+)
+
+# seed 001 (SD 2.1-base): WIDTH>=512, HEIGHT>=512, punsafe<=0.98, AESTHETIC_SCORE>=4.5
+DEFAULTS: dict[str, Any] = {
+    "min_width": 512.0,
+    "min_height": 512.0,
+    "max_punsafe": 0.98,
+    "min_aesthetic": 4.5,
+    "max_pwatermark": None,
+    "min_similarity": None,
+    "language": None,
+    "min_caption_length": None,
+    "max_caption_length": None,
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One predicate ``<logical column> <op> <value>``; ``value`` is a tuple of strings for ``in``."""
+
+    logical: str
+    op: str
+    value: Any
+
+    @property
+    def name(self) -> str:
+        shown = ",".join(self.value) if self.op == "in" else f"{self.value:g}"
+        if self.op.startswith("len"):
+            return f"len({self.logical}){self.op[3:]}{shown}"
+        return f"{self.logical}{' in ' if self.op == 'in' else self.op}{shown}"
+
+    def numpy_mask(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Boolean numpy mask: True where the row passes (the fast path of the arrow engine)."""
+        typ = column.type
+        if self.op in (">=", "<=") and (pa.types.is_floating(typ) or pa.types.is_integer(typ)):
+            # nulls become NaN here, and every comparison with NaN is False
+            values = column.to_numpy(zero_copy_only=False)
+            if values.dtype != np.float64:  # compare in float64 like Arrow and Spark (0.98f > 0.98)
+                values = values.astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                return values >= self.value if self.op == ">=" else values <= self.value
+        return self.arrow_mask(column).to_numpy(zero_copy_only=False)
+
+    def arrow_mask(self, column: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """Boolean mask without nulls: True where the row passes."""
+        typ = column.type
+        if self.op == "in":
+            mask = pc.is_in(column, value_set=pa.array(list(self.value), type=typ))
+            valid = pc.is_valid(column)
+            return pc.and_(mask, valid)
+        if self.op.startswith("len"):
+            column = pc.utf8_length(column)
+        if self.op.endswith(">="):
+            mask = pc.greater_equal(column, pa.scalar(self.value, pa.float64()))
+        else:
+            mask = pc.less_equal(column, pa.scalar(self.value, pa.float64()))
+        # Arrow comparisons with NaN are already False; nulls become False here.
+        return pc.fill_null(mask, False)
+
+    def spark_column(self, physical: str, is_float: bool):
+        """The same predicate as a pyspark Column, never null (null/NaN -> False)."""
+        from pyspark.sql import functions as F
+
+        col = F.col(f"`{physical}`")
+        if self.op == "in":
+            expr = col.isin(list(self.value))
+        else:
+            lhs = F.length(col) if self.op.startswith("len") else col
+            expr = lhs >= F.lit(self.value) if self.op.endswith(">=") else lhs <= F.lit(self.value)
+            if is_float:
+                # Spark orders NaN above every number (NaN >= 512 is true): exclude it explicitly.
+                expr = expr & ~F.isnan(col)
+        return F.coalesce(expr, F.lit(False))
+
+
+def _parse_value(flag: str, op: str, raw: Any) -> Any:
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "off")):
+        return None
+    if op == "in":
+        items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+        return tuple(str(x).strip() for x in items if str(x).strip())
+    return float(raw)
+
+
+def build_conditions(options: dict[str, Any]) -> list[Condition]:
+    """Conditions from flag/yaml values (missing keys take seed 001's defaults; None turns one off)."""
+    from mindone.utils.cli import UserError
+
+    conds = []
+    for flag, logical, op in CONDITION_FLAGS:
+        raw = options.get(flag, DEFAULTS[flag])
+        try:
+            value = _parse_value(flag, op, raw)
+        except ValueError:
+            raise UserError(f"--{flag}: expected a number or 'none', got {raw!r}") from None
+        if value is not None:
+            conds.append(Condition(logical, op, value))
+    return conds

@@ -1,0 +1,107 @@
+"""The LAION metadata subsets: where they live and how their files are named.
+
+Each subset is a list of parquet files on the Hugging Face Hub. A file is addressed by a 1-based part
+number, so ``--parts 1-8,12`` means the same thing for every subset, whatever the on-disk numbering
+(``2B-en-4.5_1.parquet`` starts at 1, ``part-00000-...`` starts at 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mindone.utils.cli import UserError
+
+HF = "https://huggingface.co/datasets"
+
+
+@dataclass(frozen=True)
+class Subset:
+    """A LAION metadata subset: ``pattern.format(n=...)`` gives the file name of on-disk part ``n``."""
+
+    name: str
+    base_url: str
+    pattern: str
+    num_parts: int
+    first_index: int  # on-disk number of part 1
+    columns: tuple[str, ...]
+
+    def file_name(self, part: int) -> str:
+        """File name of 1-based ``part``."""
+        if not 1 <= part <= self.num_parts:
+            raise UserError(f"--parts: part {part} is out of range for subset {self.name} (1-{self.num_parts})")
+        return self.pattern.format(n=part - 1 + self.first_index)
+
+
+SUBSETS: dict[str, Subset] = {
+    s.name: s
+    for s in (
+        Subset(
+            "improved_aesthetics_4.5plus",
+            f"{HF}/ChristophSchuhmann/improved_aesthetics_4.5plus/resolve/main",
+            "2B-en-4.5_{n}.parquet",
+            64,
+            1,
+            ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "punsafe", "pwatermark", "AESTHETIC_SCORE", "hash",
+             "__index_level_0__"),
+        ),
+        Subset(
+            "laion-art",
+            f"{HF}/laion/laion-art/resolve/main",
+            "laion-art.parquet",
+            1,
+            1,
+            ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "LANGUAGE", "hash", "pwatermark", "punsafe", "aesthetic"),
+        ),
+        Subset(
+            "laion2B-en-joined",
+            f"{HF}/laion/laion2B-en-joined/resolve/main",
+            "part-{n:05d}-4cfd6e30-f032-46ee-9105-8696034a8373-c000.snappy.parquet",
+            128,
+            0,
+            ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "hash", "punsafe", "pwatermark"),
+        ),
+        # File pattern as published in img2dataset's laion-high-resolution guide (128 files, 170M rows).
+        Subset(
+            "laion-high-resolution",
+            f"{HF}/laion/laion-high-resolution/resolve/main",
+            "part-{n:05d}-5d6701c4-b238-4c0a-84e4-fe8e9daea963-c000.snappy.parquet",
+            128,
+            0,
+            ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "LANGUAGE", "hash", "pwatermark", "punsafe"),
+        ),
+    )
+}
+
+
+def get_subset(name: str, pattern: str | None = None, num_parts: int | None = None,
+               first_index: int | None = None) -> Subset:
+    """Look up a subset by name, optionally overriding its file pattern / part count (for new mirrors)."""
+    if name not in SUBSETS:
+        raise UserError(f"--subset: unknown subset {name!r}; known: {', '.join(SUBSETS)}")
+    s = SUBSETS[name]
+    return Subset(s.name, s.base_url, pattern or s.pattern, num_parts or s.num_parts,
+                  s.first_index if first_index is None else first_index, s.columns)
+
+
+def parse_parts(spec: str | None, num_parts: int) -> list[int]:
+    """Parse ``"1-8,12"`` into sorted unique 1-based part numbers; ``None``/``"all"`` means every part."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return list(range(1, num_parts + 1))
+    parts: set[int] = set()
+    for item in spec.split(","):
+        item = item.strip()
+        try:
+            if "-" in item:
+                lo_s, hi_s = item.split("-", 1)
+                lo, hi = int(lo_s), int(hi_s)
+                if lo > hi:
+                    raise ValueError
+                parts.update(range(lo, hi + 1))
+            else:
+                parts.add(int(item))
+        except ValueError:
+            raise UserError(f"--parts: cannot parse {item!r} in {spec!r} (expected e.g. 1-8,12)") from None
+    bad = [p for p in sorted(parts) if not 1 <= p <= num_parts]
+    if bad:
+        raise UserError(f"--parts: {bad[0]} is out of range 1-{num_parts}")
+    return sorted(parts)
