@@ -187,6 +187,7 @@ class ImageServer:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.cert_file: Path | None = None  # the self-signed certificate (https), e.g. for SSL_CERT_FILE
 
     def image(self, size: tuple[int, int], n: int) -> bytes:
         with self._lock:
@@ -211,6 +212,7 @@ class ImageServer:
         if self.https:
             self._tmp = tempfile.TemporaryDirectory(prefix="image_server_")
             cert, key = make_self_signed_cert(Path(self._tmp.name))
+            self.cert_file = cert
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(cert, key)
             self._server.ssl_context = ctx
