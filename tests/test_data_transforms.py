@@ -13,7 +13,7 @@ from mindone.data.decode import BadImage, decode_image
 from mindone.data.filters import SampleFilters
 from mindone.data.processing import SampleProcessor
 from mindone.data.tar_stream import RawSample
-from mindone.data.transforms import resize_crop, to_model_input
+from mindone.data.transforms import hwc_to_chw, resize_crop, to_model_input
 from mindone.utils.cli import UserError
 from test_data_synthetic import fake_tokenizer, image_bytes
 
@@ -44,9 +44,11 @@ def test_random_crop_and_flip():
 
 
 def test_to_model_input_range_and_layout():
-    pixels = np.array([[[0, 255, 127]]], dtype=np.uint8)
-    x = to_model_input(pixels)
-    assert x.shape == (3, 1, 1) and x.dtype == np.float32
+    pixels = np.array([[[0, 255, 127], [1, 2, 3]]], dtype=np.uint8)  # HWC 1x2x3
+    chw = hwc_to_chw(pixels)
+    assert chw.shape == (3, 1, 2) and chw.flags.c_contiguous and chw[:, 0, 1].tolist() == [1, 2, 3]
+    x = to_model_input(chw)
+    assert x.shape == (3, 1, 2) and x.dtype == np.float32 and x.flags.c_contiguous
     np.testing.assert_allclose(x[:, 0, 0], [-1.0, 1.0, 127 / 127.5 - 1], atol=1e-6)
 
 
@@ -100,7 +102,7 @@ def test_processor_is_deterministic_per_key_and_epoch_and_drops_captions():
     proc = SampleProcessor(fake_tokenizer, image_size=32, random_crop=True, random_flip=True, seed=3)
     counts: dict[str, int] = {}
     key, pixels, tokens = proc(raw, 0, counts)
-    assert key == "000000007" and pixels.shape == (32, 32, 3)
+    assert key == "000000007" and pixels.shape == (3, 32, 32) and pixels.dtype == np.uint8
     assert np.array_equal(tokens, fake_tokenizer(["a red car"])[0])
     again = proc(raw, 0, counts)
     assert np.array_equal(again[1], pixels)

@@ -95,6 +95,8 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise UserError(f"{path}: cannot read csv ({err})") from None
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas turns surplus leading fields into an index
+        raise UserError(f"{path}: rows have more fields than the header (unquoted commas in a caption?)")
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(frame.columns)})")

@@ -18,10 +18,10 @@ from mindone.data.caption import caption_of, clean_caption, parse_meta
 from mindone.data.decode import IMAGE_EXTENSIONS, BadImage, decode_image
 from mindone.data.filters import SampleFilters
 from mindone.data.tar_stream import RawSample
-from mindone.data.transforms import resize_crop
+from mindone.data.transforms import hwc_to_chw, resize_crop
 
 Tokenizer = Callable[[Sequence[str]], np.ndarray]
-Processed = tuple[str, np.ndarray, np.ndarray]  # key, uint8 HWC pixels, int32 [77] token ids
+Processed = tuple[str, np.ndarray, np.ndarray]  # key, uint8 CHW pixels, int32 [77] token ids
 
 
 @dataclass
@@ -61,4 +61,4 @@ class SampleProcessor:
         if self.caption_dropout > 0 and rng.random() < self.caption_dropout:
             caption = ""
         tokens = np.asarray(self.tokenizer([caption]), dtype=np.int32)[0]
-        return raw.key, pixels, tokens
+        return raw.key, hwc_to_chw(pixels), tokens

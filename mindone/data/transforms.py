@@ -35,7 +35,17 @@ def resize_crop(
     return np.asarray(out, dtype=np.uint8)
 
 
-def to_model_input(pixels: np.ndarray) -> np.ndarray:
-    """uint8 HWC (or NHWC) -> float32 CHW (NCHW) in [-1, 1]."""
-    chw = np.moveaxis(pixels, -1, -3)
-    return chw.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+def hwc_to_chw(pixels: np.ndarray) -> np.ndarray:
+    """uint8 HWC -> C-contiguous uint8 CHW (done in the workers: a quarter of the bytes of float32)."""
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def to_model_input(chw: np.ndarray) -> np.ndarray:
+    """uint8 CHW (or NCHW) -> C-contiguous float32 in [-1, 1].
+
+    Contiguity matters: MindSpore copies a strided array element by element, ~10x slower.
+    """
+    out = np.ascontiguousarray(chw, dtype=np.float32)
+    out *= np.float32(1 / 127.5)
+    out -= np.float32(1.0)
+    return out
