@@ -151,3 +151,11 @@ def test_annotation_resolution_and_errors(tmp_path):
     (tmp_path / "bad2.csv").write_text("file_path,num_samples\nx.tar,lots\n")
     with pytest.raises(UserError, match=r"bad2.csv:2: num_samples 'lots'"):
         read_shard_list([tmp_path / "bad2.csv"])
+
+
+def test_packed_strings_round_trip():
+    from mindone.data.annotations import PackedStrings
+
+    a, b = PackedStrings(["x", "", "café ü"]), PackedStrings(["last"])
+    both = PackedStrings.concat([a, b])
+    assert len(both) == 4 and [both[i] for i in range(4)] == ["x", "", "café ü", "last"]

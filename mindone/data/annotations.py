@@ -67,12 +67,41 @@ def resolve_annotation_files(
     return found
 
 
+class PackedStrings:
+    """Many strings in one utf-8 buffer plus offsets.
+
+    Millions of Python ``str`` objects cost ~60 bytes each on top of their text, and forked workers
+    copy the pages that reference counting touches; two numpy arrays cost the text plus 8 bytes a row
+    and are shared copy-on-write for real.
+    """
+
+    def __init__(self, strings: Sequence[str]) -> None:
+        encoded = [s.encode("utf-8") for s in strings]
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self.offsets[1:])
+        self.data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    @classmethod
+    def concat(cls, parts: Sequence["PackedStrings"]) -> "PackedStrings":
+        out = cls([])
+        out.data = np.concatenate([p.data for p in parts]) if parts else out.data
+        starts = np.cumsum([0] + [len(p.data) for p in parts[:-1]])
+        out.offsets = np.concatenate([[0]] + [p.offsets[1:] + start for p, start in zip(parts, starts)])
+        return out
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> str:
+        return self.data[self.offsets[index] : self.offsets[index + 1]].tobytes().decode("utf-8")
+
+
 @dataclass
 class FilesAnnotations:
     """Image paths (absolute) and captions of a files dataset, one row per sample."""
 
-    paths: np.ndarray  # object array of str
-    captions: np.ndarray  # object array of str (may be empty)
+    paths: PackedStrings
+    captions: PackedStrings  # may be empty strings
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -115,16 +144,17 @@ def _join(root: str, relative: str) -> str:
 
 def read_files_annotations(csv_files: Sequence[Path]) -> FilesAnnotations:
     """Concatenate ``dir,text`` csvs; paths become absolute (relative to each csv's folder)."""
-    paths: list[np.ndarray] = []
-    captions: list[np.ndarray] = []
+    paths: list[PackedStrings] = []
+    captions: list[PackedStrings] = []
     for csv in csv_files:
         frame = _read_csv(csv, ("dir", "text"))
         root = str(csv.resolve().parent)
-        paths.append(np.array([_join(root, d) for d in frame["dir"].tolist()], dtype=object))
-        captions.append(frame["text"].to_numpy(dtype=object))
-    if not paths or sum(len(p) for p in paths) == 0:
+        paths.append(PackedStrings([_join(root, d) for d in frame["dir"].tolist()]))
+        captions.append(PackedStrings(frame["text"].tolist()))
+        del frame
+    if sum(len(p) for p in paths) == 0:
         raise UserError(f"{', '.join(map(str, csv_files))}: no rows")
-    return FilesAnnotations(np.concatenate(paths), np.concatenate(captions))
+    return FilesAnnotations(PackedStrings.concat(paths), PackedStrings.concat(captions))
 
 
 def read_shard_list(csv_files: Sequence[Path], shard_root: str | None = None) -> ShardList:

@@ -33,7 +33,7 @@ class FilesReader:
         except OSError:
             yield 0, "missing_image"
             return
-        sample.files["txt"] = str(self.captions[shard]).encode("utf-8")
+        sample.files["txt"] = self.captions[shard].encode("utf-8")
         if self.read_meta:
             try:
                 with open(stem + ".json", "rb") as fh:

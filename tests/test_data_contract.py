@@ -1,0 +1,55 @@
+"""Writer then reader: the LAION annotation tools' outputs feed the training loader as they are."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import laion_gen_csv_annot
+import laion_gen_data_stats
+from mindone.data.loader import build_sample_stream
+from mindone.models.tokenizer import SDTokenizer
+from test_data_synthetic import make_clean_dataset
+
+
+def as_img2dataset_output(data) -> None:
+    """Drop the test's own csvs and add the ``_stats.json`` img2dataset writes for each finished shard."""
+    for name in ("part_1.csv", "part_1_stats.csv"):
+        (data.root / name).unlink()
+    for s, members in enumerate(data.shards):
+        stats = {"count": len(members), "successes": len(members), "failed_to_download": 0, "failed_to_resize": 0}
+        (data.root / "part_1" / f"{s:05d}_stats.json").write_text(json.dumps(stats))
+
+
+@pytest.mark.timeout(120)
+def test_tool_annotations_load_with_the_real_tokenizer(tmp_path):
+    data = make_clean_dataset(tmp_path, num_shards=3, per_shard=6)
+    as_img2dataset_output(data)
+    for tool in (laion_gen_data_stats, laion_gen_csv_annot):
+        assert tool.main(["--data_dir", str(tmp_path)]) in (0, None)
+    tokenizer = SDTokenizer()
+    captions = {m.key: m.caption for shard in data.shards for m in shard}
+    for dataset_type in ("webdataset", "files"):
+        samples = list(build_sample_stream(dataset_type, tmp_path, tokenizer, image_size=32, batch_size=3, rank=0,
+                                           world_size=1, num_workers=2))
+        assert sorted(x["key"] for x in samples) == data.good_keys
+        for x in samples[:4]:
+            # "photo 000000001 of a  thing number 1 &amp; more" -> cleaned, then SD tokenized
+            expected = tokenizer([" ".join(captions[x["key"]].replace("&amp;", "&").split())])[0]
+            assert np.array_equal(x["token_ids"], expected) and x["token_ids"][0] == 49406
+
+
+@pytest.mark.timeout(120)
+def test_stats_tool_filtered_copies_load_without_loader_filters(tmp_path):
+    data = make_clean_dataset(tmp_path / "raw", num_shards=2, per_shard=8)
+    as_img2dataset_output(data)
+    out = tmp_path / "filtered"
+    code = laion_gen_data_stats.main(["--data_dir", str(data.root), "--filtered_output_dir", str(out),
+                                      "--min_aesthetic", "5"])
+    assert code in (0, None)
+    passing = sorted(m.key for shard in data.shards for m in shard if m.meta["AESTHETIC_SCORE"] >= 5)
+    stream = build_sample_stream("webdataset", out, SDTokenizer(), image_size=32, batch_size=1, rank=0,
+                                 world_size=1, num_workers=0, shuffle=False)
+    assert [x["key"] for x in stream] == passing
