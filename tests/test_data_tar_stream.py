@@ -98,16 +98,26 @@ def test_pipe_source_streams_and_can_stop_early(tmp_path):
     shard = tmp_path / "part_1" / "00000.tar"
     got = list(read_samples(f"pipe:cat {shlex.quote(str(shard))}", [0, 2]))
     assert [s.key for _, s in got] == ["000000000", "000000002"]
-    assert list(read_samples("pipe:exit 3", [0])) == [(0, "unreadable_shard")]
+    assert list(read_samples("pipe:exit 3", [0], retries=0)) == [(0, "unreadable_shard")]
 
 
 @pytest.mark.timeout(60)
-def test_http_source(tmp_path):
+def test_http_source_with_retries(tmp_path, monkeypatch):
     make_clean_dataset(tmp_path, num_shards=1, per_shard=5)
+    monkeypatch.setattr("mindone.data.tar_stream.RETRY_DELAY_S", 0.0)
+    requests: list[str] = []
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **kw):
             super().__init__(*a, directory=str(tmp_path), **kw)
+
+        def do_GET(self):
+            requests.append(self.path)
+            if self.path.startswith("/flaky") and requests.count(self.path) == 1:
+                self.send_error(503)  # a transient object-store error: retried
+                return
+            self.path = self.path.replace("/flaky", "", 1)
+            super().do_GET()
 
         def log_message(self, *args):
             pass
@@ -122,6 +132,9 @@ def test_http_source(tmp_path):
         got = list(read_samples(shards.urls[0], [3, 4]))
         assert [s.key for _, s in got] == ["000000003", "000000004"]
         assert list(read_samples(f"{base}/missing.tar", [0])) == [(0, "unreadable_shard")]
+        assert requests.count("/missing.tar") == 1  # 404 is not retried
+        flaky = list(read_samples(f"{base}/flaky/part_1/00000.tar", [2]))
+        assert flaky[0][1].key == "000000002" and requests.count("/flaky/part_1/00000.tar") == 2
     finally:
         server.shutdown()
         server.server_close()

@@ -5,7 +5,7 @@ file name; ``000010023.jpg``, ``000010023.txt`` and ``000010023.json`` form samp
 Sample ``i`` of a shard is the ``i``-th group in the tar. Only the wanted samples have their bytes
 read: others are skipped by header (a seek on local files; read-and-discard on streams, which cannot
 seek). A truncated or unreadable tar never raises: the wanted samples it could not deliver come out as
-bad with reason ``truncated_shard`` / ``unreadable_shard``.
+bad with reason ``truncated_shard`` / ``unreadable_shard`` (remote sources are retried first).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import logging
 import os
 import subprocess
 import tarfile
+import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import IO, Iterator, Sequence
@@ -22,6 +24,8 @@ from typing import IO, Iterator, Sequence
 logger = logging.getLogger(__name__)
 
 URL_TIMEOUT_S = 60.0
+REMOTE_RETRIES = 2
+RETRY_DELAY_S = 1.0
 
 
 @dataclass
@@ -64,26 +68,36 @@ def open_shard(url: str) -> Iterator[tuple[IO[bytes], bool]]:
             yield fh, True
 
 
-def read_samples(url: str, wanted: Sequence[int]) -> Iterator[tuple[int, RawSample | str]]:
+def read_samples(url: str, wanted: Sequence[int], retries: int | None = None) -> Iterator[tuple[int, RawSample | str]]:
     """Yield ``(index, RawSample)`` for each wanted sample index (ascending), or ``(index, reason)``.
 
+    Remote sources (URL, ``pipe:``) that fail are reopened up to ``retries`` times (default
+    ``REMOTE_RETRIES``), resuming after the last sample delivered; local files are not retried.
     Indices the shard does not have (short or truncated tar) come out with reason ``truncated_shard``;
     when the shard cannot be opened at all, every index comes out with ``unreadable_shard``.
     """
-    if len(wanted) == 0:
-        return
-    done = 0
-    try:
-        with open_shard(url) as (fh, seekable):
-            for item in _iter_groups(fh, seekable, wanted):
-                done += 1
-                yield item
-    except (OSError, tarfile.TarError, EOFError, ValueError) as err:
-        reason = "unreadable_shard" if done == 0 else "truncated_shard"
-        logger.warning("%s: %s after %d of %d wanted samples (%s)", url, reason, done, len(wanted), err)
-        for index in wanted[done:]:
-            yield int(index), reason
-        return
+    if retries is None:
+        retries = REMOTE_RETRIES if url.startswith(("http://", "https://", "pipe:")) else 0
+    done, attempt = 0, 0
+    while done < len(wanted):
+        try:
+            with open_shard(url) as (fh, seekable):
+                for item in _iter_groups(fh, seekable, wanted[done:]):
+                    done += 1
+                    yield item
+            break
+        except (OSError, tarfile.TarError, EOFError, ValueError) as err:
+            permanent = isinstance(err, urllib.error.HTTPError) and 400 <= err.code < 500
+            if attempt < retries and not permanent:
+                attempt += 1
+                logger.warning("%s: %s; retry %d of %d from sample %d", url, err, attempt, retries, done)
+                time.sleep(RETRY_DELAY_S * attempt)
+                continue
+            reason = "unreadable_shard" if done == 0 else "truncated_shard"
+            logger.warning("%s: %s after %d of %d wanted samples (%s)", url, reason, done, len(wanted), err)
+            for index in wanted[done:]:
+                yield int(index), reason
+            return
     if done < len(wanted):
         logger.warning("%s: shard ends after %d of %d wanted samples", url, done, len(wanted))
         for index in wanted[done:]:
