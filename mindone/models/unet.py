@@ -165,6 +165,9 @@ class UNetModel(nn.Cell):
         if use_flash_attention:
             check_flash_supported()
         self.model_channels = model_channels
+        # architecture numbers the weight converter needs to map diffusers names onto this layout
+        self.layout = {"channel_mult": list(channel_mult), "num_res_blocks": num_res_blocks,
+                       "attention_levels": list(attention_levels)}
         self.time_freqs = sinusoidal_frequencies(model_channels)
         time_dim = model_channels * 4
         self.time_embed = nn.SequentialCell([linear(model_channels, time_dim), nn.SiLU(), linear(time_dim, time_dim)])

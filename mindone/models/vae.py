@@ -196,6 +196,7 @@ class AutoencoderKL(nn.Cell):
                  ch_mult: Sequence[int] = (1, 2, 4, 4), num_res_blocks: int = 2, z_channels: int = 4,
                  embed_dim: int = 4, dropout: float = 0.0):
         super().__init__()
+        self.layout = {"ch_mult": list(ch_mult), "num_res_blocks": num_res_blocks}  # used by the converter
         self.encoder = Encoder(in_channels, ch, ch_mult, num_res_blocks, z_channels, dropout)
         self.decoder = Decoder(out_channels, ch, ch_mult, num_res_blocks, z_channels, dropout)
         self.quant_conv = conv2d(2 * z_channels, 2 * embed_dim, 1)

@@ -1,0 +1,126 @@
+"""Map any SD 2.x weight source onto the original ldm names, check it against a model, load or save it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from mindone.convert.name_maps import build_rules, normalize_legacy_vae_names
+from mindone.convert.safetensors_io import write_safetensors
+from mindone.convert.sources import read_source
+from mindone.utils.atomic import atomic_path
+from mindone.utils.cli import UserError
+
+logger = logging.getLogger(__name__)
+
+_MODEL_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")
+_SHOWN = 12
+
+
+def summarize_names(names: list[str], limit: int = _SHOWN) -> str:
+    """Compact listing: ``model_ema.* (688), cond_stage_model.model.transformer.resblocks.23.* (12), ...``."""
+    groups: Counter[str] = Counter()
+    for name in names:
+        if not name.startswith(_MODEL_PREFIXES):
+            key = name.split(".", 1)[0]
+        else:
+            parts = name.split(".")
+            numeric = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+            key = ".".join(parts[: numeric + 1]) if numeric is not None else name
+        groups[key] += 1
+    shown = [f"{k}.* ({n})" if n > 1 else (k if k in names else f"{k}.*") for k, n in sorted(groups.items())[:limit]]
+    more = len(groups) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _raise_missing(missing: list[str], available: int, source: str | Path) -> None:
+    if missing:
+        hint = " (a different architecture? check the model config)" if len(missing) * 4 > available else ""
+        raise UserError(f"{source}: {len(missing)} tensors missing{hint}: {summarize_names(missing)}")
+
+
+def to_ldm(tensors: Mapping[str, np.ndarray], layout: str, expected: Mapping[str, tuple[int, ...]],
+           model_cfg: Mapping[str, Any], source: str | Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Tensors named and shaped as ``expected`` (the model's ldm layout), plus the unused source names.
+
+    Raises UserError listing the missing tensors, or the tensors whose shape does not match.
+    """
+    if layout == "diffusers":
+        tensors = normalize_legacy_vae_names(dict(tensors))
+        rules = build_rules(list(expected), model_cfg)
+        missing = sorted({s for r in rules.values() for s in r.sources if s not in tensors})
+        _raise_missing(missing, len(tensors), source)
+        ldm = {name: rule.forward(tensors) for name, rule in rules.items()}
+        used = {s for r in rules.values() for s in r.sources}
+    else:
+        missing = sorted(set(expected) - set(tensors))
+        _raise_missing(missing, len(tensors), source)
+        ldm = {name: tensors[name] for name in expected}
+        used = set(expected)
+    wrong = [f"{n} {tuple(ldm[n].shape)} != {tuple(s)}" for n, s in expected.items() if tuple(ldm[n].shape) != tuple(s)]
+    if wrong:
+        raise UserError(f"{source}: {len(wrong)} tensors have the wrong shape (does the model config match?): "
+                        + "; ".join(wrong[:5]))
+    return ldm, sorted(set(tensors) - used)
+
+
+def expected_layout(model) -> dict[str, tuple[int, ...]]:
+    """ldm name -> shape of every parameter of a LatentDiffusion (or any cell)."""
+    return {name: tuple(param.shape) for name, param in model.parameters_and_names()}
+
+
+def model_layout_config(model) -> dict[str, dict[str, Any]]:
+    """The architecture numbers the diffusers rename tables need, read from a LatentDiffusion."""
+    return {"unet": dict(model.model.diffusion_model.layout), "vae": dict(model.first_stage_model.layout)}
+
+
+def read_as_ldm(path: str | Path, expected: Mapping[str, tuple[int, ...]], model_cfg: Mapping[str, Any]
+                ) -> tuple[dict[str, np.ndarray], list[str], str]:
+    """Read ``path`` (any supported source) and map it to ``expected``; returns (tensors, extra names, layout)."""
+    tensors, layout = read_source(path)
+    ldm, extra = to_ldm(tensors, layout, expected, model_cfg, path)
+    if extra:
+        logger.info("%s: skipped %d tensors the model does not use: %s", path, len(extra), summarize_names(extra))
+    return ldm, extra, layout
+
+
+def load_sd_weights(model, path: str | Path) -> dict[str, Any]:
+    """Load an SD 2.x checkpoint (original .ckpt / .safetensors, diffusers folder, MindSpore .ckpt) into ``model``.
+
+    Arrays are cast to each parameter's dtype. Returns a report: ``source``, ``layout``, ``loaded``
+    (tensor count), ``extra`` (source tensors not used, e.g. model_ema.*). Raises UserError listing
+    missing tensors or shape mismatches; the model is left untouched in that case.
+    """
+    import mindspore as ms
+
+    ldm, extra, layout = read_as_ldm(path, expected_layout(model), model_layout_config(model))
+    for name, param in model.parameters_and_names():
+        dtype = ms.dtype_to_nptype(param.dtype)
+        param.set_data(ms.Tensor(np.ascontiguousarray(ldm[name], dtype=dtype)))
+    logger.info("loaded %d tensors from %s (%s layout)", len(ldm), path, layout)
+    return {"source": str(path), "layout": layout, "loaded": len(ldm), "extra": extra}
+
+
+def save_mindspore_checkpoint(tensors: Mapping[str, np.ndarray], target: str | Path) -> None:
+    """Write ``tensors`` (dtype kept) as a MindSpore checkpoint, atomically."""
+    import mindspore as ms
+
+    with atomic_path(target) as tmp:
+        ms_file = f"{tmp}.ckpt"  # MindSpore appends .ckpt to names without it
+        try:
+            ms.save_checkpoint([{"name": n, "data": ms.Tensor(np.ascontiguousarray(a))} for n, a in tensors.items()],
+                               ms_file)
+            os.replace(ms_file, tmp)
+        finally:
+            if os.path.exists(ms_file):
+                os.unlink(ms_file)
+
+
+def save_ldm_safetensors(tensors: Mapping[str, np.ndarray], target: str | Path) -> None:
+    """Write ``tensors`` in the original layout as .safetensors (dtype kept), atomically."""
+    write_safetensors(target, tensors, metadata={"format": "pt"})

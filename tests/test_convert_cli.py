@@ -1,0 +1,114 @@
+"""convert_weights.py end to end on the tiny config: original .ckpt / .safetensors -> MindSpore -> back."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ms = pytest.importorskip("mindspore")
+
+from mindone.convert import load_sd_weights  # noqa: E402
+from mindone.convert.safetensors_io import read_safetensors, write_safetensors  # noqa: E402
+from mindone.models.config import build_model, load_model_config  # noqa: E402
+from mindone.utils.cli import UserError  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "model_conversion" / "convert_weights.py"
+sys.path.insert(0, str(SCRIPT.parent))
+from convert_weights import main  # noqa: E402
+
+# what released SD 2.x files carry beyond the model: EMA copies, OpenCLIP's last block and heads
+EXTRAS = {"model_ema.decay": np.array(0.9999, np.float32), "model_ema.num_updates": np.array(10, np.int32),
+          "model_ema.diffusion_modeltime_embed0weight": np.zeros((4, 4), np.float32),
+          "cond_stage_model.model.transformer.resblocks.2.ln_1.weight": np.ones(32, np.float32),
+          "cond_stage_model.model.text_projection": np.zeros((32, 32), np.float32),
+          "cond_stage_model.model.logit_scale": np.array(4.6, np.float32),
+          "betas": np.linspace(1e-4, 2e-2, 1000)}
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    ms.set_seed(3)
+    model = build_model(load_model_config("tiny"))
+    return {name: p.asnumpy() for name, p in model.parameters_and_names()}
+
+
+def fresh_tiny():
+    ms.set_seed(99)
+    return build_model(load_model_config("tiny"))
+
+
+def test_safetensors_to_mindspore_and_back_with_extras(tiny_state, tmp_path, caplog):
+    source, ckpt, back = tmp_path / "sd.safetensors", tmp_path / "sd.ckpt", tmp_path / "back.safetensors"
+    write_safetensors(source, {**tiny_state, **EXTRAS})
+    caplog.set_level("INFO")
+    assert main(["--source", str(source), "--target", str(ckpt), "--config", "tiny"]) == 0
+    assert "skipped 7 source tensors" in caplog.text and "model_ema.* (3)" in caplog.text
+    model = fresh_tiny()
+    report = load_sd_weights(model, ckpt)
+    assert report["layout"] == "ldm" and report["loaded"] == len(tiny_state) and report["extra"] == []
+    assert all(np.array_equal(p.asnumpy(), tiny_state[n]) for n, p in model.parameters_and_names())
+    assert main(["--source", str(ckpt), "--target", str(back), "--config", "tiny"]) == 0
+    restored = read_safetensors(back)
+    assert sorted(restored) == sorted(tiny_state)
+    assert all(np.array_equal(restored[n], a) and restored[n].dtype == a.dtype for n, a in tiny_state.items())
+
+
+@pytest.mark.torch
+def test_original_torch_ckpt_through_the_script(tiny_state, tmp_path):
+    torch = pytest.importorskip("torch")
+    state = {n: torch.from_numpy(np.array(a)) for n, a in {**tiny_state, **EXTRAS}.items()}
+    source, target = tmp_path / "v2-tiny.ckpt", tmp_path / "ms.ckpt"
+    torch.save({"state_dict": state, "global_step": 1000, "epoch": 3}, source)
+    run = subprocess.run([sys.executable, str(SCRIPT), "--source", str(source), "--target", str(target),
+                          "--config", "tiny", "--dtype", "fp16"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "wrote" in run.stderr and "skipped 7" in run.stderr
+    model = fresh_tiny()
+    report = load_sd_weights(model, source)  # the original .ckpt loads directly too
+    assert sorted(report["extra"]) == sorted(EXTRAS)
+    converted = ms.load_checkpoint(str(target))
+    for name, param in model.parameters_and_names():
+        assert converted[name].dtype == ms.float16
+        np.testing.assert_array_equal(converted[name].asnumpy(), tiny_state[name].astype(np.float16))
+        assert np.array_equal(param.asnumpy(), tiny_state[name])
+
+
+def test_missing_tensors_stop_with_the_list_and_write_nothing(tiny_state, tmp_path):
+    partial = {n: a for n, a in tiny_state.items() if ".mid.attn_1." not in n}
+    write_safetensors(tmp_path / "partial.safetensors", partial)
+    target = tmp_path / "out.ckpt"
+    with pytest.raises(UserError, match=r"20 tensors missing: first_stage_model\.decoder\.mid\.attn_1\.k\.bias"):
+        main(["--source", str(tmp_path / "partial.safetensors"), "--target", str(target), "--config", "tiny"])
+    assert not target.exists() and list(tmp_path.iterdir()) == [tmp_path / "partial.safetensors"]
+    model = fresh_tiny()
+    before = {n: p.asnumpy().copy() for n, p in model.parameters_and_names()}
+    with pytest.raises(UserError, match="tensors missing"):
+        load_sd_weights(model, tmp_path / "partial.safetensors")
+    assert all(np.array_equal(p.asnumpy(), before[n]) for n, p in model.parameters_and_names())
+
+
+def test_wrong_config_reports_missing_blocks(tiny_state, tmp_path):
+    write_safetensors(tmp_path / "tiny.safetensors", tiny_state)
+    with pytest.raises(UserError, match=r"540 tensors missing \(a different architecture\? check the model config\)"
+                                        r": cond_stage_model.model.transformer.resblocks.10.\* \(12\)"):
+        main(["--source", str(tmp_path / "tiny.safetensors"), "--target", str(tmp_path / "o.ckpt")])
+
+
+def test_cli_argument_errors_are_one_line(tmp_path):
+    existing = tmp_path / "exists.ckpt"
+    existing.write_bytes(b"keep me")
+    run = subprocess.run([sys.executable, str(SCRIPT), "--source", str(existing), "--target", str(existing)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and existing.read_bytes() == b"keep me"
+    assert run.stderr.strip().count("\n") == 0 and "already exists (pass --overwrite" in run.stderr
+    with pytest.raises(UserError, match="must end in .ckpt"):
+        main(["--source", str(existing), "--target", str(tmp_path / "x.pt")])
+    with pytest.raises(UserError, match="no such file or directory"):
+        main(["--source", str(tmp_path / "nope"), "--target", str(tmp_path / "x.ckpt")])
+    (tmp_path / "junk.ckpt").write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match="junk.ckpt: neither a torch zip checkpoint nor a MindSpore checkpoint"):
+        main(["--source", str(tmp_path / "junk.ckpt"), "--target", str(tmp_path / "x.ckpt"), "--config", "tiny"])

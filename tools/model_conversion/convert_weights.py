@@ -1,0 +1,82 @@
+"""Convert Stable Diffusion 2.x weights to a MindSpore checkpoint, or back to the original layout.
+
+    python tools/model_conversion/convert_weights.py --source v2-1_512-ema-pruned.ckpt --target sd21_base.ckpt
+    python tools/model_conversion/convert_weights.py --source ./stable-diffusion-2-1-base --target sd21_base.ckpt
+    python tools/model_conversion/convert_weights.py --source sd21_base.ckpt --target sd21_base.safetensors
+
+SRC: an original SD 2.x .ckpt (torch pickle, read weights-only, never executing code from the file) or
+.safetensors, a diffusers folder (unet/, vae/, text_encoder/), or a MindSpore .ckpt.
+DST: ``*.ckpt`` -> MindSpore checkpoint; ``*.safetensors`` -> original (ldm) layout safetensors.
+Tensor names are the original checkpoint names in both outputs. Extra source tensors (model_ema.*, the
+24th text block, text_projection, ...) are reported and skipped; missing ones stop the conversion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mindone.utils.cli import UserError, run_main, setup_cli_logging
+
+logger = logging.getLogger("convert_weights")
+DTYPES = {"keep": None, "fp32": np.float32, "fp16": np.float16}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--source", required=True, help="original .ckpt/.safetensors, diffusers folder or MindSpore .ckpt")
+    parser.add_argument("--target", required=True,
+                        help="output file: .ckpt (MindSpore) or .safetensors (original ldm layout)")
+    parser.add_argument("--config", default="v2-base-512-eps",
+                        help="model config (yaml path or bundled name: v2-base-512-eps, v2-768-v, tiny) giving the "
+                             "expected tensor names and shapes; both SD 2.x configs share one layout "
+                             "(default: %(default)s)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="keep",
+                        help="floating-point dtype of the output tensors; 'keep' preserves the source's, which makes "
+                             "a .ckpt -> .safetensors round trip bit-exact (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing target file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_cli_logging(args.verbose)
+    target = Path(args.target)
+    if target.suffix not in (".ckpt", ".safetensors"):
+        raise UserError(f"--target {target}: the file name must end in .ckpt (MindSpore) or .safetensors (original)")
+    if target.exists() and not args.overwrite:
+        raise UserError(f"--target {target}: already exists (pass --overwrite to replace it)")
+    if not Path(args.source).exists():
+        raise UserError(f"--source {args.source}: no such file or directory")
+
+    from mindspore.nn.utils import no_init_parameters
+
+    from mindone.convert.convert import (expected_layout, model_layout_config, read_as_ldm, save_ldm_safetensors,
+                                         save_mindspore_checkpoint, summarize_names)
+    from mindone.models.config import build_model, load_model_config
+
+    with no_init_parameters():  # only names and shapes are needed
+        model = build_model(load_model_config(args.config))
+    tensors, extra, layout = read_as_ldm(args.source, expected_layout(model), model_layout_config(model))
+    dtype = DTYPES[args.dtype]
+    if dtype is not None:
+        tensors = {n: a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a for n, a in tensors.items()}
+    if target.suffix == ".ckpt":
+        save_mindspore_checkpoint(tensors, target)
+    else:
+        save_ldm_safetensors(tensors, target)
+    size = sum(a.nbytes for a in tensors.values()) / 1e9
+    logger.info("wrote %d tensors (%.2f GB) from %s (%s layout) to %s", len(tensors), size, args.source, layout, target)
+    if extra:
+        logger.info("skipped %d source tensors: %s", len(extra), summarize_names(extra))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
