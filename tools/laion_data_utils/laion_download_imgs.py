@@ -105,7 +105,7 @@ LAUNCHER_OWNED = ("url_list", "output_folder", "output_format", "input_format", 
                   "number_sample_per_shard", "url_col", "caption_col", "save_additional_columns", "distributor")  # fmt: skip
 
 
-def part_kwargs(args: argparse.Namespace, input_path: Path, output_folder: Path, extra: dict[str, Any]) -> dict[str, Any]:
+def part_kwargs(args: argparse.Namespace, input_path: Path, output_folder: str, extra: dict[str, Any]) -> dict[str, Any]:
     """img2dataset.download kwargs for one part."""
     columns = launch.input_columns(input_path, args.input_format)
     if columns is not None:
@@ -114,7 +114,7 @@ def part_kwargs(args: argparse.Namespace, input_path: Path, output_folder: Path,
                 raise UserError(f"{input_path}: no column {col!r} for {flag_name} (has: {', '.join(columns)})")
     kwargs: dict[str, Any] = dict(
         url_list=str(input_path),
-        output_folder=str(output_folder),
+        output_folder=output_folder,
         output_format=args.output_format,
         input_format=args.input_format,
         image_size=args.image_size,
@@ -162,20 +162,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.distributor != "pyspark" and args.spark_master:
         raise UserError("--spark_master needs --distributor pyspark")
 
+    # Remote outputs (s3://, hdfs://...) go straight to img2dataset; the resume check and the final
+    # shard count read the local filesystem only.
+    local_output = "://" not in args.output_dir
     unfinished = []
     for pid, input_path in inputs.items():
-        output_folder = Path(args.output_dir) / f"part_{pid}"
+        output_folder = f"{args.output_dir.rstrip('/')}/part_{pid}"
         kwargs = part_kwargs(args, input_path, output_folder, extra)
         if args.dry_run:
             print(json.dumps({"part": pid, "spark_master": args.spark_master, "insecure_ssl": args.insecure_ssl, "img2dataset": kwargs}))
             continue
-        resume = prepare_resume(output_folder, args.output_format, verify_done=args.verify_resume)
-        if resume.done:
-            logger.info("part %d: %d shards already done, resuming", pid, resume.done)
+        if local_output:
+            resume = prepare_resume(Path(output_folder), args.output_format, verify_done=args.verify_resume)
+            if resume.done:
+                logger.info("part %d: %d shards already done, resuming", pid, resume.done)
         logger.info("part %d: %s -> %s", pid, input_path, output_folder)
         launch.run_img2dataset(kwargs, insecure_ssl=args.insecure_ssl, spark_master=args.spark_master)
+        if not local_output:
+            continue
+        part_path = Path(output_folder)
         expected = launch.expected_shards(launch.count_input_rows(input_path, args.input_format), args.number_sample_per_shard)
-        done = len(done_shard_names(output_folder)) if output_folder.is_dir() else 0
+        done = len(done_shard_names(part_path)) if part_path.is_dir() else 0
         if expected is not None and done < expected:
             logger.error("part %d: %d of %d shards finished", pid, done, expected)
             unfinished.append(pid)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -208,6 +209,9 @@ def run_img2dataset(kwargs: dict[str, Any], insecure_ssl: bool = False, spark_ma
 
     from laion_utils import cert_patch
 
+    if kwargs.get("distributor") == "pyspark" and (spark_master is None or spark_master.startswith("local")):
+        # local executors must run this interpreter (it has img2dataset), not whatever python3 is on PATH
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     previous_sigint = signal.getsignal(signal.SIGINT)
     with contextlib.ExitStack() as stack:
         if spark_master:
