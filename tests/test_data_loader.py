@@ -171,6 +171,10 @@ def test_build_dataset_gives_mindspore_batches(uneven_clean):
         assert -1.0 <= images.min() and images.max() <= 1.0
         assert np.array_equal(images, np.stack([x["image"] for x in expected]))
         assert np.array_equal(tokens, np.stack([x["token_ids"] for x in expected]))
+    resumed, _ = build_dataset("files", uneven_clean.root, fake_tokenizer, image_size=SIZE, batch_size=4, rank=0,
+                               world_size=2, num_workers=0, seed=5, start_step=3, epoch=1)
+    assert resumed.get_dataset_size() == 1  # the resumed epoch: step 3 of 0..3
+    assert len(list(resumed.create_tuple_iterator(num_epochs=1))) == 1
 
 
 @pytest.mark.timeout(120)

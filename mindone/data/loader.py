@@ -77,15 +77,26 @@ def build_sample_stream(
 
 
 class _ColumnsSource:
-    """GeneratorDataset source: (image, token_ids) rows of a :class:`SampleStream`."""
+    """GeneratorDataset source: (image, token_ids) rows of a :class:`SampleStream`.
+
+    MindSpore reads ``len()`` once and fails any epoch that yields another count, so a resumed
+    source is one partial epoch long and refuses a second pass with a clear message.
+    """
 
     def __init__(self, stream: SampleStream) -> None:
         self.stream = stream
+        self.length = stream.next_epoch_samples
+        self.one_epoch_only = stream.resumed
+        self.passes = 0
 
     def __len__(self) -> int:
-        return len(self.stream)
+        return self.length
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self.one_epoch_only and self.passes:
+            raise RuntimeError("a dataset built with start_step > 0 holds the rest of that epoch only: "
+                               "build the next epoch's dataset with start_step=0")
+        self.passes += 1
         for sample in self.stream:
             yield sample["image"], sample["token_ids"]
 
@@ -123,8 +134,10 @@ def build_dataset(
         shuffle, seed: seeded shard shuffle plus bounded sample shuffle, different every epoch.
         caption_dropout: probability of replacing the caption with "" (classifier-free guidance).
         filters: thresholds on the per-sample json, see :mod:`mindone.data.filters`.
-        start_step, epoch: resume point; the first epoch iterated is ``epoch`` from ``start_step``
-            (so it has ``steps_per_epoch - start_step`` batches), the next ones are full.
+        start_step, epoch: resume point. With ``start_step > 0`` the dataset holds the rest of ``epoch``
+            (``steps_per_epoch - start_step`` batches, ``get_dataset_size()`` says so) and is iterated
+            once; build the following epochs with ``start_step=0`` (those can run many epochs:
+            ``epoch``, ``epoch + 1``...). A ``start_step`` past the epoch's end moves to a later epoch.
         options: ``shuffle_buffer`` (1000), ``uneven`` ("pad" | "drop", see :mod:`mindone.data.shards`),
             ``min_image_size`` (32 px), ``parts``, ``shard_root`` (folder, URL prefix or template with
             ``{}`` for relative shard paths), ``start_method`` ("fork").

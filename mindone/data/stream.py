@@ -62,6 +62,16 @@ class SampleStream:
     def __len__(self) -> int:
         return self.samples_per_epoch
 
+    @property
+    def resumed(self) -> bool:
+        """True while the next ``iter()`` is a resumed (partial) epoch."""
+        return self._start_step > 0
+
+    @property
+    def next_epoch_samples(self) -> int:
+        """Samples the next ``iter()`` yields: a full epoch, or its tail when resuming."""
+        return self.samples_per_epoch - self._start_step * self._plan_args["batch_size"]
+
     def __iter__(self) -> Iterator[dict]:
         epoch, start_step = self._epoch, self._start_step
         self._epoch, self._start_step = epoch + 1, 0
