@@ -192,3 +192,35 @@ def test_resume_on_dirty_data_keeps_the_step_count(tmp_path):
         full_w, resumed_w = keys_full[w::2], keys_resumed[w::2]  # 4 outputs of each worker skipped
         shifts.append(next(s for s in range(5) if resumed_w == full_w[4 - s : 12 - s]))
     assert all(0 <= s <= 4 for s in shifts), shifts
+
+
+RANK_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from mindone.data.loader import build_sample_stream
+from test_data_synthetic import fake_tokenizer
+stream = build_sample_stream("webdataset", sys.argv[1], fake_tokenizer, image_size=32, batch_size=4, num_workers=2)
+print(json.dumps([x["key"] for x in stream]))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ranks_from_the_environment_in_separate_processes(uneven_clean):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests_dir = str(Path(__file__).parent)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(uneven_clean.root), tests_dir],
+                         env={**os.environ, "RANK_ID": str(r), "RANK_SIZE": "2"}, stdout=subprocess.PIPE, text=True)
+        for r in range(2)
+    ]
+    keys = [json.loads(p.communicate(timeout=100)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len(keys[0]) == len(keys[1]) == 16
+    assert sorted(keys[0] + keys[1]) == sorted(uneven_clean.good_keys)
+    assert keys[1] == [x["key"] for x in epoch_of(stream(uneven_clean.root, rank=1, world_size=2, seed=0,
+                                                         shuffle_buffer=1000))]
