@@ -9,6 +9,7 @@ the single worker runs in the calling process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import queue
@@ -60,30 +61,31 @@ def iter_worker(task: WorkerTask, counts: Counter) -> Iterator[Processed]:
     """The worker's samples in planned order, exactly ``task.worker.remaining`` of them."""
     plan, wp, process = task.plan, task.worker, task.processor
     order = wp.order[wp.emitted :]
-    reads = _read_positions(plan, task.reader, wp.chunk_start + np.sort(order))
-    pending: dict[int, Any] = {}
     need = wp.remaining
-    for local in order.tolist():
-        while local not in pending:
-            position, item = next(reads)
-            pending[position - wp.chunk_start] = item
-        result = _process(pending.pop(local), process, plan.epoch, counts)
-        if result is not None:
-            need -= 1
-            yield result
+    with contextlib.closing(_read_positions(plan, task.reader, wp.chunk_start + np.sort(order))) as reads:
+        pending: dict[int, Any] = {}
+        for local in order.tolist():
+            while local not in pending:
+                position, item = next(reads)
+                pending[position - wp.chunk_start] = item
+            result = _process(pending.pop(local), process, plan.epoch, counts)
+            if result is not None:
+                need -= 1
+                yield result
     next_position, scanned, found = wp.chunk_start + wp.quota, 0, 0
     while need > 0:
         block = np.arange(next_position, next_position + REFILL_BLOCK, dtype=np.int64)
-        for _, item in _read_positions(plan, task.reader, block):
-            scanned += 1
-            result = _process(item, process, plan.epoch, counts)
-            if result is not None:
-                found += 1
-                counts["refilled"] += 1
-                need -= 1
-                yield result
-                if need == 0:
-                    break
+        with contextlib.closing(_read_positions(plan, task.reader, block)) as reads:  # closes pipes on break
+            for _, item in reads:
+                scanned += 1
+                result = _process(item, process, plan.epoch, counts)
+                if result is not None:
+                    found += 1
+                    counts["refilled"] += 1
+                    need -= 1
+                    yield result
+                    if need == 0:
+                        break
         next_position += REFILL_BLOCK
         if scanned >= plan.total and found == 0:
             raise NoUsableSample(f"no usable sample in the {plan.total} samples of the dataset (see skip counts)")
