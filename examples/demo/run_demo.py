@@ -1,0 +1,174 @@
+"""The whole pipeline on embedded sample data, end to end, on one CPU machine.
+
+    bash scripts/demo.sh            (installs into .venv, then runs this)
+
+Stages (each skipped when its output from an earlier run is complete, so a second run reuses the first):
+  1. sample     generate LAION-format metadata (improved_aesthetics schema) and the images its URLs name
+  2. serve      start a local HTTP server for both (127.0.0.1, stopped at the end)
+  3. metadata   download the metadata parquet from that server   (laion_download_metadata.py)
+  4. filter     filter it with seed 001's conditions              (laion_filter_metadata.py)
+  5. images     download the images into webdataset shards        (laion_download_imgs.sh)
+  6. stats      write the stats csv the loader reads              (laion_gen_data_stats.py)
+  7. train      train the tiny SD 2.x config on CPU               (train_text_to_image.py)
+  8. sample     generate images from prompts                      (text_to_image.py)
+  9. report     loss-curve PNG, sample grid PNG, where everything is
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sample_data import make_sample  # noqa: E402
+from static_server import serve_directory  # noqa: E402
+
+TOOLS = REPO / "tools" / "laion_data_utils"
+EXAMPLES = REPO / "examples" / "stable_diffusion_v2"
+PROMPTS = ["a red circle on a blue background", "a yellow square on a black background",
+           "a green triangle on a white background", "a purple circle on a orange background"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output_dir", default=str(REPO / "demo_output"), help="where every stage writes (default: ./demo_output)")
+    p.add_argument("--rows", type=int, default=300, help="rows of sample metadata (default: 300)")
+    p.add_argument("--train_steps", type=int, default=300, help="training steps of the tiny model (default: 300)")
+    p.add_argument("--sample_steps", type=int, default=20, help="sampler steps for the final images (default: 20)")
+    p.add_argument("--fresh", action="store_true", help="delete --output_dir first and redo every stage")
+    return p.parse_args(argv)
+
+
+class Stages:
+    """Runs stages in order, printing a banner and timing for each; skips those already done."""
+
+    def __init__(self, out: Path, total: int):
+        self.out, self.total, self.index = out, total, 0
+        self.done_dir = out / ".done"
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+
+    def is_done(self, name: str) -> bool:
+        return (self.done_dir / name).exists()
+
+    def run(self, name: str, title: str, fn) -> None:
+        self.index += 1
+        banner = f"[{self.index}/{self.total}] {title}"
+        if self.is_done(name):
+            print(f"{banner}: done in an earlier run, reused", flush=True)
+            return
+        print(f"{banner} ...", flush=True)
+        start = time.time()
+        fn()
+        (self.done_dir / name).write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
+        print(f"{banner}: finished in {time.time() - start:.1f} s", flush=True)
+
+    def invalidate_from(self, names: list[str]) -> None:
+        for name in names:
+            (self.done_dir / name).unlink(missing_ok=True)
+
+
+def sh(cmd: list[str], **kwargs) -> None:
+    """Run one pipeline command, showing it; its own progress bars stream to the console."""
+    print("  $ " + " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, cwd=REPO, **kwargs)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.output_dir).resolve()
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    py = sys.executable
+    paths = {
+        "sample": out / "sample", "metadata": out / "metadata_raw", "filtered": out / "metadata_filtered",
+        "data": out / "image_text_data", "train": out / "train", "samples": out / "samples",
+    }
+    stage_names = ["sample", "metadata", "filter", "images", "stats", "train", "generate", "report"]
+    stages = Stages(out, total=len(stage_names))
+
+    with serve_directory(out) as base_url:
+        sample_url = f"{base_url}/sample"
+        recorded = paths["sample"] / "base_url.txt"
+        if stages.is_done("sample") and not stages.is_done("images") and recorded.read_text() != sample_url:
+            # The images are not downloaded yet and the server port changed: the URLs must be made anew.
+            stages.invalidate_from(stage_names)
+        stages.run("sample", f"make {args.rows} sample rows and their images", lambda: (
+            make_sample(paths["sample"], args.rows, sample_url), recorded.write_text(sample_url)))
+        stages.run("metadata", "download the metadata from the local server", lambda: sh([
+            py, TOOLS / "laion_download_metadata.py", "--subset", "improved_aesthetics_4.5plus",
+            "--base_url", f"{sample_url}/metadata", "--parts", "1-2", "--output_dir", paths["metadata"]]))
+        stages.run("filter", "filter the metadata (seed 001 conditions)", lambda: sh([
+            py, TOOLS / "laion_filter_metadata.py", "--data_dir", paths["metadata"],
+            "--output_dir", paths["filtered"], "--num_parts", "1", "--shuffle", "--overwrite"]))
+        stages.run("images", "download the images into webdataset shards", lambda: sh([
+            "bash", TOOLS / "laion_download_imgs.sh", "1", "--metadata_dir", paths["filtered"],
+            "--output_dir", paths["data"], "--image_size", "32", "--processes_count", "1",
+            "--thread_count", "8", "--number_sample_per_shard", "100"]))
+    stages.run("stats", "write the stats csv", lambda: sh([py, TOOLS / "laion_gen_data_stats.py", "--data_dir", paths["data"]]))
+    stages.run("train", f"train the tiny SD 2.x model for {args.train_steps} steps on CPU", lambda: sh([
+        py, EXAMPLES / "train_text_to_image.py", "--config", REPO / "configs" / "train" / "tiny_cpu.yaml",
+        "--dataset_type", "webdataset", "--data_path", paths["data"], "--output_dir", paths["train"],
+        "--max_train_steps", str(args.train_steps)]))
+    stages.run("generate", "sample images from prompts", lambda: sh([
+        py, EXAMPLES / "text_to_image.py", "--config", REPO / "configs" / "model" / "tiny.yaml",
+        "--ckpt", paths["train"] / "checkpoints" / "last.ckpt", "--prompt_file", write_prompts(out),
+        "--sampler", "ddim", "--steps", str(args.sample_steps), "--output_dir", paths["samples"]]))
+    stages.run("report", "plot the loss curve", lambda: plot_loss(paths["train"], out / "loss_curve.png"))
+    print_summary(out, paths)
+    return 0
+
+
+def write_prompts(out: Path) -> Path:
+    path = out / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+def plot_loss(train_dir: Path, target: Path) -> None:
+    import csv
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(train_dir / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    steps = [int(r["step"]) for r in rows]
+    losses = [float(r["loss"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
+    window = max(1, len(losses) // 20)
+    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1]) for i in range(len(losses))]
+    ax.plot(steps, smooth, lw=2, label=f"moving mean ({window})")
+    ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title("tiny SD 2.x on the demo sample"), ax.legend()
+    fig.tight_layout()
+    fig.savefig(target, dpi=120)
+
+
+def print_summary(out: Path, paths: dict) -> None:
+    report = paths["filtered"] / "filter_report.json"
+    print("\nDemo finished. Where everything is:")
+    if report.exists():
+        rep = json.loads(report.read_text())
+        print(f"  filter report        {report}  (rows in {rep.get('rows_in_total', '?')}, rows out {rep.get('rows_out_total', '?')})")
+    for label, path in [("raw metadata", paths["metadata"]), ("filtered metadata", paths["filtered"]),
+                        ("webdataset shards", paths["data"]), ("training run", paths["train"]),
+                        ("sample images", paths["samples"]), ("loss curve", out / "loss_curve.png")]:
+        print(f"  {label:<20} {path}")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as err:
+        # The failing tool has already printed its own one-line error above.
+        print(f"demo: stage command failed with exit status {err.returncode}; fix the cause and rerun "
+              "(finished stages are reused)", file=sys.stderr)
+        sys.exit(1)
