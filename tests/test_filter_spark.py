@@ -68,22 +68,17 @@ def test_plain_filter_same_rows_mixed_schemas(spark, mixed_dir, tmp_path):
         "filter_report.json", "part_1.parquet", "part_2.parquet"]
 
 
-def test_dedup_and_shuffle_same_multiset(spark, mixed_dir, tmp_path):
-    a, s = _run_both(spark, tmp_path, mixed_dir, "--dedup", "url_text", "--shuffle", "--seed", "7",
-                     "--shuffle_buckets", "3", "--num_parts", "3")
-    _same_counts(a, s)
-    assert a["dedup_removed"] > 0
-    assert canonical(read_dir(tmp_path / "arrow", "part_*.parquet")) == canonical(
-        read_dir(tmp_path / "spark", "part_*.parquet"))
-
-
-def test_string_conditions_and_skipped_columns(spark, tmp_path_factory, tmp_path):
+def test_dedup_shuffle_string_conditions_and_skipped_columns(spark, tmp_path_factory, tmp_path):
     data = tmp_path_factory.mktemp("hires")
-    make_inputs(data, "laion-high-resolution", files=2, rows=3000, seed=3)
+    make_inputs(data, "laion-high-resolution", files=1, rows=3000, seed=3)
+    make_inputs(data, "improved_aesthetics_4.5plus", files=1, rows=3000, seed=4)  # no LANGUAGE column
     a, s = _run_both(spark, tmp_path, data, "--skip_missing_columns", "--language", "en,de",
                      "--min_caption_length", "3", "--max_caption_length", "90", "--max_pwatermark", "0.6",
-                     "--min_similarity", "0.29", "--dedup", "url", "--rows_per_part", "400")
+                     "--min_similarity", "0.29", "--dedup", "url_text", "--shuffle", "--seed", "7",
+                     "--shuffle_buckets", "3", "--rows_per_part", "400")
     _same_counts(a, s)
-    assert a["removed_by_condition"]["language in en,de"] > 0 and a["rows_out"] > 100
+    assert a["skipped_conditions"] == {"aesthetic>=4.5": ["laion-high-resolution_1.parquet"],
+                                       "language in en,de": ["improved_aesthetics_4.5plus_1.parquet"]}
+    assert a["removed_by_condition"]["language in en,de"] > 0 and a["dedup_removed"] > 0 and a["rows_out"] > 100
     assert canonical(read_dir(tmp_path / "arrow", "part_*.parquet")) == canonical(
         read_dir(tmp_path / "spark", "part_*.parquet"))

@@ -99,10 +99,10 @@ def run_arrow(plan: FilterPlan, out_dir: Path, progress: bool = True) -> tuple[F
     # pass 1: count survivors from the condition columns only, to size the parts exactly
     total = sum(int(np.count_nonzero(keep)) for _, _, keep in _Scanner(plan, stats, progress, "count").batches(True))
     sizes = part_sizes(total, plan.num_parts, plan.rows_per_part)
-    writer = PartitionWriter(out_dir, plan.output_schema, sizes)
+    writer = PartitionWriter(out_dir, plan.output_schema, sizes, transform=lambda t: align(t, plan.output_schema))
     try:
         for _, table, keep in _Scanner(plan, None, progress, "filter").batches():
-            writer.write(align(table.filter(pa.array(keep)), plan.output_schema))
+            writer.write(table, keep)  # filtered in the writer thread, overlapping the next read
         return stats, writer.close()
     except BaseException:
         writer.abort()
