@@ -254,3 +254,26 @@ def serve_folder(folder: str | Path, port: int = 0) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def main() -> None:
+    """``python tests/image_server.py --folder DIR [--port 8000]``: serve DIR until interrupted (demos)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="Serve a folder over HTTP on 127.0.0.1 (for demos).")
+    parser.add_argument("--folder", required=True, help="folder to serve")
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one, printed)")
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with serve_folder(args.folder, args.port) as base:
+        print(base, flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

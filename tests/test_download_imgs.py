@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_server import BIG_SIZE, EXPECTED_OUTCOME, ImageServer  # noqa: E402
+from image_server import BIG_SIZE, EXPECTED_OUTCOME, ImageServer, good_size  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tools" / "laion_data_utils" / "laion_download_imgs.sh"
@@ -136,7 +136,7 @@ def test_stats_csv_matches_real_tar_contents(webdataset_run):
     stats = pd.read_csv(out / "part_1_stats.csv")
     assert list(stats.columns) == ["file_path", "num_samples"]
     assert sorted(stats["file_path"]) == sorted(f"part_1/{p.name}" for p in part.glob("*.tar"))
-    for file_path, n in zip(stats["file_path"], stats["num_samples"]):
+    for file_path, n in zip(stats["file_path"], stats["num_samples"], strict=True):
         with tarfile.open(out / file_path) as tar:
             keys = {m.name.split(".")[0] for m in tar.getmembers() if m.name.endswith(".jpg")}
         assert n == len(keys)
@@ -169,7 +169,7 @@ def test_insecure_ssl_patch_tsv_input_files_format(tmp_path, servers):
     run([sys.executable, str(CSV_TOOL), "--data_dir", str(tmp_path)])
     annot = pd.read_csv(tmp_path / "part_2.csv")
     assert list(annot.columns) == ["dir", "text"] and len(annot) == 5
-    for rel, text in zip(annot["dir"], annot["text"]):
+    for rel, text in zip(annot["dir"], annot["text"], strict=True):
         path = tmp_path / rel
         assert path.is_file() and rel.startswith("part_2/00000/")
         assert path.with_suffix(".txt").read_text() == text
@@ -318,3 +318,34 @@ def test_part_id_forms():
     assert launch.parse_part_ids(["5,7", "6-6"]) == [5, 7, 6]
     with pytest.raises(UserError):
         launch.parse_part_ids(["3-1"])
+
+
+def test_cert_patch_is_scoped_and_restored(servers):
+    """In-process: only img2dataset's downloader skips verification, only while patched, then restored."""
+    import importlib
+    import pickle
+    import urllib.request
+
+    import img2dataset.downloader as i2d_downloader
+    from laion_utils import cert_patch
+
+    _, https = servers
+    url = https.url("good", 1)
+
+    def img2dataset_fetch():
+        return i2d_downloader.download_image((0, url), timeout=5, user_agent_token=None, disallowed_header_directives=None)
+
+    assert "CERTIFICATE_VERIFY_FAILED" in img2dataset_fetch()[2]
+    with cert_patch._patched_downloader_module():
+        key, stream, err = img2dataset_fetch()
+        assert err is None and stream.getvalue() == https.image(good_size(1), 1)
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(url, timeout=5)  # the rest of the process still verifies
+    assert "CERTIFICATE_VERIFY_FAILED" in img2dataset_fetch()[2]
+    i2d_main = importlib.import_module("img2dataset.main")
+    stock = i2d_main.Downloader
+    with cert_patch.insecure_downloads():
+        assert i2d_main.Downloader is cert_patch.InsecureDownloader
+    assert i2d_main.Downloader is stock
+    # spawned workers rebuild the object by importing its class: it must pickle by reference to this module
+    assert b"laion_utils.cert_patch" in pickle.dumps(cert_patch.InsecureDownloader)

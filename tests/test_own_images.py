@@ -62,7 +62,7 @@ def test_webdataset_from_each_caption_source(tmp_path, caption_source):
     stats = pd.read_csv(out / "part_1_stats.csv")
     assert list(stats["file_path"]) == ["part_1/00000.tar", "part_1/00001.tar"]
     got = {}
-    for rel, n in zip(stats["file_path"], stats["num_samples"]):
+    for rel, n in zip(stats["file_path"], stats["num_samples"], strict=True):
         samples = tar_samples(out / rel)
         assert n == len(samples)
         for s in samples.values():

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
 
 from laion_utils.annotations import files_part_annotations, find_part_dirs, write_csv
-from laion_utils.sample_filters import SampleFilter
+from laion_utils.sample_filters import add_filter_arguments, describe, filters_from_args
 
 logger = logging.getLogger("laion_gen_csv_annot")
 HEADER = ("dir", "text")
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", required=True, help="folder holding the part_<id> folders of a files-format download")
     parser.add_argument("--parts", nargs="*", help="only these part ids (default: every part_<id> folder)")
     parser.add_argument("--strict", action="store_true", help="exit with an error if any shard has to be left out")
-    SampleFilter.add_arguments(parser)
+    add_filter_arguments(parser)
     return parser
 
 
@@ -39,12 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
         raise UserError(f"--data_dir {data_dir} is not a folder")
-    sample_filter = SampleFilter.from_args(args)
+    sample_filter = filters_from_args(args)
     parts = find_part_dirs(data_dir)
     if args.parts:
         parts = [p for p in parts if p[0] in set(args.parts)]
     if not parts:
         raise UserError(f"--data_dir {data_dir} has no part_<id> folders" + (" matching --parts" if args.parts else ""))
+    if sample_filter.active:
+        logger.info("post-download filters: %s", describe(sample_filter))
     skipped: Counter = Counter()
     problems: list[str] = []
     total = 0

@@ -35,7 +35,6 @@ class ShardCheck:
     num_samples: int = 0
     reported_successes: int | None = None
     error: str | None = None
-    complete_keys: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -107,7 +106,7 @@ def check_shard(part_dir: Path, name: str, output_format: str) -> ShardCheck:
         if not scan.ok:
             check.error = f"unreadable tar: {scan.error}"
             return check
-        check.num_samples, check.complete_keys = scan.num_samples, scan.complete_keys
+        check.num_samples = scan.num_samples
         images = scan.num_images
     elif output_format == "files":
         if not data_path.is_dir():
@@ -125,14 +124,11 @@ def check_shard(part_dir: Path, name: str, output_format: str) -> ShardCheck:
     return check
 
 
-def _remove(path: Path) -> bool:
+def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
-        return True
-    if path.exists():
+    elif path.exists():
         path.unlink()
-        return True
-    return False
 
 
 def remove_shard(part_dir: Path, name: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
@@ -38,7 +38,6 @@ class TarScan:
     empty_caption: int = 0  # samples (counted) whose caption member is 0 bytes; the loader skips them
     missing_image: int = 0  # caption (or json) without image
     error: str | None = None
-    complete_keys: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -152,14 +151,13 @@ def scan_tar(path: str | os.PathLike) -> TarScan:
     except (OSError, TarFormatError, ValueError) as err:
         scan.error = str(err)
         return scan
-    for key, members in exts.items():
+    for members in exts.values():
         has_image = not IMAGE_EXTS.isdisjoint(members)
         captions = [members[e] for e in CAPTION_EXTS if e in members]
         if has_image:
             scan.num_images += 1
         if has_image and captions:
             scan.num_samples += 1
-            scan.complete_keys.append(key)
             scan.empty_caption += max(captions) == 0
         elif has_image:
             scan.missing_caption += 1
