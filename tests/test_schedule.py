@@ -102,12 +102,15 @@ def test_helpers_compile_in_graph_mode(schedule, graph_mode):
 def test_schedule_matches_diffusers(schedule):
     torch = pytest.importorskip("torch")
     diffusers = pytest.importorskip("diffusers")
-    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                  beta_schedule="scaled_linear")
     np.testing.assert_allclose(schedule.betas, ref.betas.numpy(), rtol=0, atol=1e-8)
     np.testing.assert_allclose(schedule.alphas_cumprod, ref.alphas_cumprod.numpy(), rtol=0, atol=1e-6)
     x0, noise, t = _batch(seed=2)
     tt = torch.from_numpy(t.astype(np.int64))
     ref_xt = ref.add_noise(torch.from_numpy(x0), torch.from_numpy(noise), tt).numpy()
     ref_v = ref.get_velocity(torch.from_numpy(x0), torch.from_numpy(noise), tt).numpy()
-    np.testing.assert_allclose(schedule.add_noise(Tensor(x0), Tensor(noise), Tensor(t)).asnumpy(), ref_xt, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(schedule.target(Tensor(x0), Tensor(noise), Tensor(t), "v").asnumpy(), ref_v, rtol=0, atol=1e-5)
+    ours_xt = schedule.add_noise(Tensor(x0), Tensor(noise), Tensor(t)).asnumpy()
+    ours_v = schedule.target(Tensor(x0), Tensor(noise), Tensor(t), "v").asnumpy()
+    np.testing.assert_allclose(ours_xt, ref_xt, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ours_v, ref_v, rtol=0, atol=1e-5)

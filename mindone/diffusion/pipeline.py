@@ -134,7 +134,8 @@ class StableDiffusionPipeline:
             context = self._encode_text(Tensor(ids.astype(np.int32)))
             x = Tensor(latents[batch])
             timesteps = solver.set_timesteps(steps)
-            bar = tqdm(timesteps, desc=f"sampling {batch.start + 1}-{batch.stop} of {count}", disable=not progress, leave=False)
+            desc = f"sampling {batch.start + 1}-{batch.stop} of {count}"
+            bar = tqdm(timesteps, desc=desc, disable=not progress, leave=False)
             for i, t in enumerate(bar):
                 t_batch = Tensor(np.full((x.shape[0],), t, dtype=np.int32))
                 if guided:
@@ -143,7 +144,7 @@ class StableDiffusionPipeline:
                     out = self._plain(x, t_batch, context)
                 noise = None
                 if solver.needs_noise:
-                    noise = Tensor(np.stack([rng.standard_normal(latent_shape, dtype=np.float32) for rng in rngs[batch]]))
+                    noise = Tensor(np.stack([r.standard_normal(latent_shape, dtype=np.float32) for r in rngs[batch]]))
                 x = solver.step(out, i, x, noise)
             images.append(to_uint8_images(self._decode(x).asnumpy()))
         logger.debug("generated %d images of %dx%d with %s, %d steps", count, width, height, sampler, steps)

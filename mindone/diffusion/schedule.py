@@ -24,7 +24,8 @@ def normalize_prediction_type(prediction_type: str) -> str:
     try:
         return _PREDICTION_ALIASES[prediction_type]
     except KeyError:
-        raise ValueError(f"prediction_type must be one of {sorted(_PREDICTION_ALIASES)}, got {prediction_type!r}") from None
+        choices = sorted(_PREDICTION_ALIASES)
+        raise ValueError(f"prediction_type must be one of {choices}, got {prediction_type!r}") from None
 
 
 def make_betas(num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str) -> np.ndarray:
@@ -69,14 +70,18 @@ class NoiseSchedule:
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """The forward process q(x_t | x0) with the given noise; ``t`` is an int tensor [B]."""
-        return self._at(self.sqrt_alphas_cumprod_ms, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod_ms, t, x0) * noise
+        signal = self._at(self.sqrt_alphas_cumprod_ms, t, x0)
+        noise_level = self._at(self.sqrt_one_minus_alphas_cumprod_ms, t, x0)
+        return signal * x0 + noise_level * noise
 
     def target(self, x0: Tensor, noise: Tensor, t: Tensor, prediction_type: str = "eps") -> Tensor:
         """What the UNet learns to predict: the noise (``"eps"``) or ``v = sqrt(acp)*noise - sqrt(1-acp)*x0``."""
         if prediction_type in ("eps", "epsilon"):
             return noise
         if prediction_type in ("v", "v_prediction"):
-            return self._at(self.sqrt_alphas_cumprod_ms, t, x0) * noise - self._at(self.sqrt_one_minus_alphas_cumprod_ms, t, x0) * x0
+            signal = self._at(self.sqrt_alphas_cumprod_ms, t, x0)
+            noise_level = self._at(self.sqrt_one_minus_alphas_cumprod_ms, t, x0)
+            return signal * noise - noise_level * x0
         raise ValueError("prediction_type must be 'eps' or 'v'")
 
     def snr(self, t: Tensor) -> Tensor:

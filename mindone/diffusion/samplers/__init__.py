@@ -21,4 +21,5 @@ def make_sampler(name: str, schedule: NoiseSchedule, prediction_type: str, eta: 
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
 
 
-__all__ = ["SAMPLERS", "DDIMSampler", "DPMSolverSampler", "Sampler", "make_sampler", "spaced_timesteps", "split_prediction"]
+__all__ = ["SAMPLERS", "DDIMSampler", "DPMSolverSampler", "Sampler", "make_sampler", "spaced_timesteps",
+           "split_prediction"]

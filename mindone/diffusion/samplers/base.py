@@ -23,8 +23,9 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 def spaced_timesteps(num_train_timesteps: int, num_steps: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
     """Descending int64 timesteps, spaced as diffusers does (Table 2 of arXiv:2305.08891).
 
-    ``leading``: ``arange(num_steps) * (T // num_steps) + steps_offset`` (SD 2's DDIM: offset 1 gives 981..1 for 50
-    steps); ``trailing``: ``round(arange(T, 0, -T / num_steps)) - 1``; ``linspace``: ``round(linspace(0, T - 1, num_steps))``.
+    ``leading``: ``arange(num_steps) * (T // num_steps) + steps_offset`` (SD 2's DDIM: offset 1 gives 981..1 for
+    50 steps); ``trailing``: ``round(arange(T, 0, -T / num_steps)) - 1``; ``linspace``:
+    ``round(linspace(0, T - 1, num_steps))``.
     """
     if not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
@@ -40,7 +41,8 @@ def spaced_timesteps(num_train_timesteps: int, num_steps: int, spacing: str, ste
     return np.ascontiguousarray(timesteps)
 
 
-def split_prediction(model_output: Array, sample: Array, alpha: float, sigma: float, prediction_type: str) -> tuple[Array, Array]:
+def split_prediction(model_output: Array, sample: Array, alpha: float, sigma: float,
+                     prediction_type: str) -> tuple[Array, Array]:
     """(predicted x0, predicted eps) from the model output at a point with ``x_t = alpha * x0 + sigma * eps``."""
     if prediction_type == "eps":
         return (sample - sigma * model_output) * (1.0 / alpha), model_output
