@@ -76,7 +76,7 @@ class _NoisyTargetStep(nn.Cell):
     def construct(self, x0, noise, t):
         x_t = self.schedule.add_noise(x0, noise, t)
         target = self.schedule.target(x0, noise, t, self.prediction_type)
-        return x_t, target, self.schedule.snr(t)
+        return x_t, target, self.schedule.snr(t), self.schedule.alphas_cumprod_at(t)
 
 
 @pytest.fixture
@@ -91,11 +91,12 @@ def graph_mode():
 
 def test_helpers_compile_in_graph_mode(schedule, graph_mode):
     x0, noise, t = _batch(seed=1)
-    x_t, v, snr = _NoisyTargetStep(schedule, "v")(Tensor(x0), Tensor(noise), Tensor(t))
+    x_t, v, snr, acp_t = _NoisyTargetStep(schedule, "v")(Tensor(x0), Tensor(noise), Tensor(t))
     acp = schedule.alphas_cumprod[t].reshape(-1, 1, 1, 1)
     np.testing.assert_allclose(x_t.asnumpy(), np.sqrt(acp) * x0 + np.sqrt(1 - acp) * noise, rtol=0, atol=1e-6)
     np.testing.assert_allclose(v.asnumpy(), np.sqrt(acp) * noise - np.sqrt(1 - acp) * x0, rtol=0, atol=1e-6)
     np.testing.assert_allclose(snr.asnumpy(), schedule.alphas_cumprod[t] / (1 - schedule.alphas_cumprod[t]), rtol=1e-6)
+    np.testing.assert_allclose(acp_t.asnumpy(), schedule.alphas_cumprod[t], rtol=1e-6)
 
 
 @pytest.mark.torch

@@ -2,7 +2,7 @@
 
 ``NoiseSchedule`` holds the schedule twice: as float64 numpy arrays (``betas``, ``alphas_cumprod``), which the
 samplers read, and as float32 MindSpore constants, which the graph-safe helpers :meth:`add_noise`,
-:meth:`target` and :meth:`snr` gather at a batch of integer timesteps. The square roots are taken in float64
+:meth:`target`, :meth:`snr` and :meth:`alphas_cumprod_at` gather at a batch of integer timesteps. The square roots are taken in float64
 before the cast, so ``sqrt(1 - alphas_cumprod)`` keeps its precision at small t, where ``1 - acp`` is ~1e-3.
 
 The class is a ``mindspore.jit_class``: a training step compiled in GRAPH_MODE can keep an instance as an
@@ -58,6 +58,7 @@ class NoiseSchedule:
         self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule)
         self.alphas_cumprod = np.cumprod(1.0 - self.betas)
         # MindSpore constants gathered by the graph-mode helpers below.
+        self.alphas_cumprod_ms = Tensor(self.alphas_cumprod.astype(np.float32))
         self.sqrt_alphas_cumprod_ms = Tensor(np.sqrt(self.alphas_cumprod).astype(np.float32))
         self.sqrt_one_minus_alphas_cumprod_ms = Tensor(np.sqrt(1.0 - self.alphas_cumprod).astype(np.float32))
         self.snr_ms = Tensor((self.alphas_cumprod / (1.0 - self.alphas_cumprod)).astype(np.float32))
@@ -83,6 +84,10 @@ class NoiseSchedule:
             noise_level = self._at(self.sqrt_one_minus_alphas_cumprod_ms, t, x0)
             return signal * noise - noise_level * x0
         raise ValueError("prediction_type must be 'eps' or 'v'")
+
+    def alphas_cumprod_at(self, t: Tensor) -> Tensor:
+        """``alphas_cumprod[t]`` for int timesteps ``t`` ([B] float32)."""
+        return ops.gather(self.alphas_cumprod_ms, t, 0)
 
     def snr(self, t: Tensor) -> Tensor:
         """Signal-to-noise ratio ``acp / (1 - acp)`` at timesteps ``t`` ([B] float32), e.g. for min-SNR weighting."""
