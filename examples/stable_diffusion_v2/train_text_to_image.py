@@ -1,0 +1,249 @@
+#!/usr/bin/env python
+"""Train or fine-tune Stable Diffusion 2.x on image-text data (one device, or data parallel under msrun).
+
+    python examples/stable_diffusion_v2/train_text_to_image.py --config configs/train/<recipe>.yaml [--flag value ...]
+
+The yaml holds defaults, flags override them; the resolved config is saved as <output_dir>/config.yaml
+(rerun it with --config). Outputs in <output_dir>: checkpoints/checkpoint-<step>/ (resumable),
+metrics.csv, samples/step_<step>.png, train.log, and at the end model.ckpt (the trained weights under
+the original SD names, EMA weights when --use_ema) or lora.ckpt (adapter weights only, with --use_lora).
+Only rank 0 writes; every rank logs a digest of its final weights (equal digests: ranks in sync).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from mindone.train.options import TRAIN_OPTIONS
+from mindone.utils.cli import UserError, run_main
+from mindone.utils.config import resolve_config, save_config
+from mindone.utils.logging import setup_logging
+
+logger = logging.getLogger("train_text_to_image")
+
+
+def check_args(args) -> None:
+    """Refuse inconsistent settings before any work starts (one line naming the flag)."""
+    if not args.data_path:
+        raise UserError("--data_path: required (the dataset root holding the annotation csv files)")
+    positive = ("resolution", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+                "validation_steps", "logging_steps", "num_train_epochs", "lora_rank")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} {getattr(args, name)}: must be at least 1")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise UserError(f"--max_train_steps {args.max_train_steps}: must be at least 1")
+    if not 0.0 <= args.caption_dropout < 1.0:
+        raise UserError(f"--caption_dropout {args.caption_dropout}: must be in [0, 1)")
+    if args.learning_rate <= 0:
+        raise UserError(f"--learning_rate {args.learning_rate}: must be positive")
+    if args.use_lora and args.train_text_encoder:
+        raise UserError("--train_text_encoder with --use_lora: use --lora_text_encoder to adapt the text tower")
+
+
+def build_model(args, model_cfg: dict):
+    """The LatentDiffusion with pretrained weights (or random init), frozen parts, LoRA and precision set."""
+    import mindspore as ms
+
+    from mindone.models.config import build_model as build_ldm
+    from mindone.train.lora import inject_lora, mark_only_lora_trainable
+
+    model = build_ldm(model_cfg)
+    if args.pretrained_model_path:
+        from mindone.convert import load_sd_weights
+
+        report = load_sd_weights(model, args.pretrained_model_path)
+        logger.info("loaded %s (%s)", args.pretrained_model_path, report)
+    else:
+        logger.info("no --pretrained_model_path: training from random initialisation")
+    if args.prediction_type:
+        model.parameterization = "v" if args.prediction_type == "v_prediction" else "eps"
+
+    for name, param in model.parameters_and_names():
+        trainable = name.startswith("model.diffusion_model.") or (
+            args.train_text_encoder and name.startswith("cond_stage_model."))
+        param.requires_grad = trainable
+    if args.use_lora:
+        inject_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, text_encoder=args.lora_text_encoder)
+        mark_only_lora_trainable(model)
+    if args.mixed_precision != "no":
+        dtype = ms.float16 if args.mixed_precision == "fp16" else ms.bfloat16
+        ms.amp.auto_mixed_precision(model, amp_level="O2", dtype=dtype)
+    return model
+
+
+def batch_stream(args, tokenizer, rank: int, world_size: int, start_batch: int,
+                 steps_per_epoch: int) -> Iterator[tuple[int, object, object]]:
+    """(epoch, images, token_ids) batches from ``start_batch`` on, across epochs, never decoding skipped ones."""
+    from mindone.data.loader import build_dataset
+
+    epoch, offset = divmod(start_batch, steps_per_epoch)
+    while True:
+        dataset, _ = build_dataset(
+            args.dataset_type, args.data_path, tokenizer, image_size=args.resolution,
+            batch_size=args.train_batch_size, rank=rank, world_size=world_size,
+            num_workers=args.dataloader_num_workers, shuffle=True, seed=args.seed,
+            caption_dropout=args.caption_dropout, random_crop=not args.center_crop,
+            random_flip=args.random_flip, start_step=offset, epoch=epoch)
+        for images, token_ids in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
+            yield epoch, images, token_ids
+        epoch, offset = epoch + 1, 0
+
+
+def weights_digest(model) -> str:
+    """sha256 over the trainable weights' names and bytes (equal on every rank of a healthy data-parallel run)."""
+    digest = hashlib.sha256()
+    for name, p in model.parameters_and_names():
+        if p.requires_grad:
+            digest.update(name.encode())
+            digest.update(p.asnumpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def train(args, dev) -> None:
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from mindone.data.loader import build_dataset
+    from mindone.diffusion.schedule import NoiseSchedule
+    from mindone.models.config import load_model_config
+    from mindone.models.tokenizer import SDTokenizer
+    from mindone.train.checkpoint import CheckpointManager, named, save_parameters
+    from mindone.train.ema import EMA
+    from mindone.train.lora import save_lora
+    from mindone.train.loss import DiffusionLoss, latent_shape, sample_step_noise
+    from mindone.train.metrics import MetricsLogger
+    from mindone.train.optim import build_lr_schedule, build_optimizer, scaled_learning_rate
+    from mindone.train.train_step import LossScaler, TrainStep
+    from mindone.train.validation import Validator
+
+    out = Path(args.output_dir)
+    model_cfg = load_model_config(args.model_config)
+    shape = latent_shape(model_cfg, args.resolution)
+    tokenizer = SDTokenizer(args.vocab_path)
+
+    # Data: the per-rank epoch length fixes the step count and maps a global step to a data position.
+    _, steps_per_epoch = build_dataset(
+        args.dataset_type, args.data_path, tokenizer, image_size=args.resolution,
+        batch_size=args.train_batch_size, rank=dev.rank, world_size=dev.world_size, num_workers=0, seed=args.seed)
+    if steps_per_epoch < 1:
+        raise UserError(f"--data_path {args.data_path}: fewer samples than one batch of "
+                        f"{args.train_batch_size} per rank ({dev.world_size} ranks)")
+    accum = args.gradient_accumulation_steps
+    max_steps = args.max_train_steps or args.num_train_epochs * math.ceil(steps_per_epoch / accum)
+
+    model = build_model(args, model_cfg)
+    trainable = model.trainable_params()
+    lr = scaled_learning_rate(args.learning_rate, args.scale_lr, args.train_batch_size, accum, dev.world_size)
+    lr_schedule = build_lr_schedule(args.lr_scheduler, lr, args.lr_warmup_steps, max_steps)
+    optimizer = build_optimizer(trainable, lr_schedule, args.adam_weight_decay, args.adam_beta1, args.adam_beta2)
+    ema = EMA(trainable, max_decay=args.ema_decay) if args.use_ema else None
+    fp16 = args.mixed_precision == "fp16"
+    scaler = LossScaler(args.loss_scale if fp16 else 1.0, dynamic=fp16, window=args.loss_scale_window)
+    loss_cell = DiffusionLoss(model, NoiseSchedule(), model.parameterization, args.snr_gamma, args.train_text_encoder)
+    step_fn = TrainStep(loss_cell, optimizer, scaler, accum, args.max_grad_norm, ema)
+    state = list(model.parameters_and_names()) + named(step_fn.state_parameters())
+
+    ckpts = CheckpointManager(out, args.checkpoints_total_limit)
+    global_step = 0
+    resume = ckpts.resolve(args.resume_from_checkpoint)
+    if dev.is_main:
+        ckpts.remove_temporaries()
+    if resume is not None:
+        meta = ckpts.load(resume, state)
+        global_step = int(meta["global_step"])
+        expected = {"world_size": dev.world_size, "train_batch_size": args.train_batch_size,
+                    "gradient_accumulation_steps": accum}
+        for key, value in expected.items():
+            if meta.get(key) != value:
+                logger.warning("resuming with %s=%s (checkpoint: %s): the data position is approximate",
+                               key, value, meta.get(key))
+        logger.info("resumed from %s at step %d", resume, global_step)
+    elif args.resume_from_checkpoint == "latest":
+        logger.info("no checkpoint in %s: starting from step 0", ckpts.root)
+
+    logger.info("%d trainable parameters, %d steps of %d x %d x %d images, %d batches per epoch and rank",
+                sum(int(p.size) for p in trainable), max_steps, args.train_batch_size, accum, dev.world_size,
+                steps_per_epoch)
+    metrics = MetricsLogger(out, max_steps, global_step, enabled=dev.is_main)
+    validate = None
+    if dev.is_main and args.validation_prompts:
+        validate = Validator(model, tokenizer, args.validation_prompts, out, args.resolution, ema,
+                             args.validation_inference_steps, args.validation_guidance_scale, args.seed)
+    batches = batch_stream(args, tokenizer, dev.rank, dev.world_size, global_step * accum, steps_per_epoch)
+    images_per_step = args.train_batch_size * accum * dev.world_size
+    try:
+        while global_step < max_steps:
+            started = time.perf_counter()
+            losses = []
+            for micro in range(accum):
+                epoch, images, token_ids = next(batches)
+                noise = sample_step_noise(args.seed, dev.rank, global_step, micro, images.shape[0], shape,
+                                          noise_offset=args.noise_offset)
+                result = step_fn(Tensor(images), Tensor(token_ids), Tensor(noise.noise),
+                                 Tensor(noise.posterior_noise), Tensor(noise.timesteps))
+                losses.append(result.loss)
+            global_step += 1
+            elapsed = time.perf_counter() - started
+            loss = sum(losses) / len(losses)
+            if result.overflow:
+                logger.warning("step %d: non-finite gradients, update skipped (loss scale now %g)",
+                               global_step, float(scaler.loss_scale.asnumpy()))
+            metrics.advance(1, loss=loss, lr=_current_lr(optimizer, lr_schedule))
+            if global_step % args.logging_steps == 0 or global_step == max_steps or global_step == 1:
+                metrics.log(dict(step=global_step, epoch=epoch, loss=loss, lr=_current_lr(optimizer, lr_schedule),
+                                 loss_scale=result.loss_scale, grad_norm=result.grad_norm,
+                                 overflow=int(result.overflow), step_time_s=elapsed,
+                                 images_per_s=images_per_step / elapsed))
+            if dev.is_main and (global_step % args.checkpointing_steps == 0 or global_step == max_steps):
+                ckpts.save(global_step, state, {
+                    "batches_seen": global_step * accum, "epoch": epoch, "steps_per_epoch": steps_per_epoch,
+                    "world_size": dev.world_size, "train_batch_size": args.train_batch_size,
+                    "gradient_accumulation_steps": accum, "seed": args.seed, "model_config": args.model_config,
+                    "pretrained_model_path": args.pretrained_model_path, "use_lora": args.use_lora})
+            if validate is not None and (
+                    global_step % args.validation_steps == 0 or global_step == max_steps):
+                validate(global_step)
+    finally:
+        metrics.close()
+
+    logger.info("final weights digest %s (rank %d)", weights_digest(model), dev.rank)
+    if dev.is_main:
+        if ema is not None:
+            ema.copy_to_weights()
+        if args.use_lora:
+            path = save_lora(model, out / "lora.ckpt")
+        else:
+            path = save_parameters(list(model.parameters_and_names()), out / "model.ckpt")
+        logger.info("saved %s", path)
+
+
+def _current_lr(optimizer, schedule: Sequence[float]) -> float:
+    """The learning rate of the last applied optimizer step (the optimizer's step counter indexes the schedule)."""
+    applied = int(optimizer.global_step.asnumpy().reshape(-1)[0])
+    return schedule[min(max(applied - 1, 0), len(schedule) - 1)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = resolve_config(TRAIN_OPTIONS, argv, __doc__.split("\n\n")[0], prog="train_text_to_image.py")
+    check_args(args)
+    from mindone.utils.device import init_device
+
+    dev = init_device(args.mode, args.device_target, args.distributed, args.seed, args.max_device_memory,
+                      args.jit_level)
+    out = Path(args.output_dir)
+    if dev.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(args, TRAIN_OPTIONS, out / "config.yaml")
+    setup_logging(dev.rank, dev.world_size, log_file=str(out / "train.log") if dev.is_main else None)
+    train(args, dev)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

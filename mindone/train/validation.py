@@ -1,0 +1,76 @@
+"""Validation samples during training: the prompts, sampled with the EMA weights, saved as a PNG grid."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from mindone.utils.atomic import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+
+def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> one uint8 image with ``columns`` per row (default: ceil(sqrt(N))), black padding."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"expected a non-empty [N, H, W, C] array, got shape {images.shape}")
+    n, h, w, c = images.shape
+    cols = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w, c), dtype=images.dtype)
+    for i, img in enumerate(images):
+        r, k = divmod(i, cols)
+        grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = img
+    return grid
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 HWC image as PNG atomically."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+class Validator:
+    """Samples the validation prompts (DDIM) with the EMA weights swapped in when given.
+
+    The pipeline is built once, so its compiled graphs are reused by every validation of the run. The
+    seed is fixed across validations: successive grids differ only by the training progress.
+    """
+
+    def __init__(self, model, tokenizer, prompts: Sequence[str], output_dir: str | os.PathLike, image_size: int,
+                 ema=None, num_inference_steps: int = 20, guidance_scale: float = 7.5, seed: int = 0) -> None:
+        from mindone.diffusion.pipeline import StableDiffusionPipeline
+
+        self.pipe = StableDiffusionPipeline(model, tokenizer, image_size=image_size)
+        # Attaching the model under the pipeline's cells may prefix its parameter names; put the names back
+        # so that checkpoints and compiled train graphs see the original SD names.
+        for name, param in model.parameters_and_names():
+            param.name = name
+        self.prompts = list(prompts)
+        self.output_dir = Path(output_dir)
+        self.ema = ema
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.seed = seed
+
+    def __call__(self, step: int) -> Path:
+        """Sample and save ``samples/step_<step>.png``; returns its path."""
+        # The model's train flag is left alone: SD has no dropout or batch norm at training time, and
+        # flipping it would make the compiled train step recompile after every validation.
+        swap = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+        with swap:
+            images = self.pipe(self.prompts, sampler="ddim", steps=self.num_inference_steps,
+                               guidance_scale=self.guidance_scale, seed=self.seed, progress=False)
+        path = save_png(image_grid(images), self.output_dir / "samples" / f"step_{step:07d}.png")
+        logger.info("validation samples of %d prompt(s) at step %d: %s", len(self.prompts), step, path)
+        return path
