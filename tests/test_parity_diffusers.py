@@ -17,49 +17,16 @@ transformers = pytest.importorskip("transformers")
 ms = pytest.importorskip("mindspore")
 
 from mindone.convert import load_sd_weights  # noqa: E402
+from mindone.convert.diffusers_reference import build_reference_models  # noqa: E402
 from mindone.models.config import build_model, load_model_config  # noqa: E402
 
 ATOL = 1e-4
 
 
-def tiny_reference_models(cfg: dict):
-    """diffusers UNet / VAE and transformers CLIP text model matching configs/model/tiny.yaml."""
-    unet_cfg, vae_cfg, text_cfg = cfg["model"]["unet"], cfg["model"]["vae"], cfg["model"]["text_encoder"]
-    channels = [unet_cfg["model_channels"] * m for m in unet_cfg["channel_mult"]]
-    attn = set(unet_cfg["attention_levels"])
-    levels = range(len(channels))
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=unet_cfg["num_res_blocks"],
-        block_out_channels=tuple(channels),
-        down_block_types=tuple("CrossAttnDownBlock2D" if i in attn else "DownBlock2D" for i in levels),
-        up_block_types=tuple("CrossAttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(levels)),
-        # diffusers' "attention_head_dim" of SD 2 configs is really the head count (ldm: channels // 64)
-        attention_head_dim=tuple(c // unet_cfg["num_head_channels"] for c in channels),
-        cross_attention_dim=unet_cfg["context_dim"], use_linear_projection=True, norm_num_groups=32,
-        flip_sin_to_cos=True, freq_shift=0)
-    vae_channels = [vae_cfg["ch"] * m for m in vae_cfg["ch_mult"]]
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=vae_cfg["z_channels"], block_out_channels=tuple(vae_channels),
-        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(vae_channels), layers_per_block=vae_cfg["num_res_blocks"],
-        norm_num_groups=32, sample_size=32)
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=text_cfg["vocab_size"], hidden_size=text_cfg["width"], intermediate_size=4 * text_cfg["width"],
-        num_hidden_layers=text_cfg["layers"], num_attention_heads=text_cfg["heads"],
-        max_position_embeddings=text_cfg["context_length"], hidden_act="gelu", layer_norm_eps=1e-5,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=0))
-    with torch.no_grad():  # move every weight off its init value (norms included) so nothing matches by luck
-        for model in (unet, vae, text):
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-    return [m.eval() for m in (unet, vae, text)]
-
-
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     cfg = load_model_config("tiny")
-    unet, vae, text = tiny_reference_models(cfg)
+    unet, vae, text = build_reference_models(cfg)
     folder = tmp_path_factory.mktemp("diffusers_tiny")
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae", safe_serialization=False)  # .bin: exercises the torch pickle path
