@@ -18,7 +18,7 @@ class GuidedDenoiser(nn.Cell):
     """
 
     def __init__(self, model: nn.Cell) -> None:
-        super().__init__()
+        super().__init__(auto_prefix=False)  # keep the model's parameter names (checkpoint names)
         self.model = model
 
     def construct(self, x: Tensor, t: Tensor, context: Tensor, guidance_scale: Tensor) -> Tensor:
@@ -31,7 +31,7 @@ class Denoiser(nn.Cell):
     """The plain conditional UNet call (guidance scale <= 1), output in float32."""
 
     def __init__(self, model: nn.Cell) -> None:
-        super().__init__()
+        super().__init__(auto_prefix=False)  # keep the model's parameter names (checkpoint names)
         self.model = model
 
     def construct(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 class _TextEncoding(nn.Cell):
     def __init__(self, model: nn.Cell) -> None:
-        super().__init__()
+        super().__init__(auto_prefix=False)  # keep the model's parameter names (checkpoint names)
         self.model = model
 
     def construct(self, token_ids: Tensor) -> Tensor:
@@ -34,7 +34,7 @@ class _TextEncoding(nn.Cell):
 
 class _LatentDecoding(nn.Cell):
     def __init__(self, model: nn.Cell) -> None:
-        super().__init__()
+        super().__init__(auto_prefix=False)  # keep the model's parameter names (checkpoint names)
         self.model = model
 
     def construct(self, z: Tensor) -> Tensor:

@@ -1,0 +1,236 @@
+"""Generate images from text with a Stable Diffusion 2.x model in MindSpore.
+
+    python examples/stable_diffusion_v2/text_to_image.py --ckpt sd-v2-1-base.ckpt \
+        --prompt "a watercolor painting of a lighthouse at dawn" --n_samples 4 --output_dir outputs/t2i
+
+Each image is written as ``<output_dir>/samples/<NNNNN>.png`` (numbering continues after earlier runs;
+the prompt, seed and sampler settings are stored in the PNG's ``parameters`` text chunk), and all images of
+the run as ``<output_dir>/grid-<NNNN>.png``, one row per prompt. Every prompt starts from the same seed, so
+image j of each prompt starts from the same latents, which makes prompts easy to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mindone.utils.atomic import atomic_path, remove_stale_temps
+from mindone.utils.cli import UserError, run_main, setup_cli_logging
+
+logger = logging.getLogger("text_to_image")
+
+SAMPLER_CHOICES = ("ddim", "dpm++")
+GRID_MAX_IMAGES = 64  # the grid holds the first images of a run; a long prompt file would not fit in memory
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    model = p.add_argument_group("model")
+    model.add_argument("--config", default="v2-base-512-eps",
+                       help="model yaml: a path, or a bundled name under configs/model "
+                            "(v2-base-512-eps, v2-768-v, tiny); default: %(default)s")
+    model.add_argument("--ckpt", default=None,
+                       help="weights: a converted MindSpore .ckpt, an original SD 2.x .ckpt/.safetensors, "
+                            "or a diffusers folder")
+    model.add_argument("--allow_random_init", action="store_true",
+                       help="run with random weights when --ckpt is not given (smoke tests only: the images are noise)")
+    model.add_argument("--vocab_path", default=None,
+                       help="bpe_simple_vocab_16e6.txt.gz (default: the copy inside the installed "
+                            "open_clip_torch package)")
+    text = p.add_argument_group("prompts")
+    text.add_argument("--prompt", default=None, help="the text to draw")
+    text.add_argument("--prompt_file", default=None,
+                      help="a UTF-8 text file with one prompt per line (blank lines skipped)")
+    text.add_argument("--negative_prompt", default="",
+                      help="what to steer away from (the unconditional side of guidance)")
+    sampling = p.add_argument_group("sampling")
+    sampling.add_argument("--sampler", choices=SAMPLER_CHOICES, default="ddim",
+                          help="ddim or dpm++ (DPM-Solver++ 2M); default: %(default)s")
+    sampling.add_argument("--steps", type=int, default=50,
+                          help="sampling steps (dpm++ does well with 20-25); default: %(default)s")
+    sampling.add_argument("--guidance_scale", type=float, default=7.5,
+                          help="classifier-free guidance scale; <= 1 disables guidance (one UNet pass per step); "
+                               "default: %(default)s")
+    sampling.add_argument("--eta", type=float, default=0.0,
+                          help="DDIM noise weight; default %(default)s (deterministic)")
+    sampling.add_argument("--seed", type=int, default=42,
+                          help="random seed (>= 0); the same seed gives the same images; default: %(default)s")
+    sampling.add_argument("--n_samples", type=int, default=1, help="images per prompt; default: %(default)s")
+    sampling.add_argument("--batch_size", type=int, default=None,
+                          help="images per UNet call (default: --n_samples); does not change the images' latents")
+    sampling.add_argument("--H", type=int, default=None,
+                          help="image height in pixels (default: the config's image_size)")
+    sampling.add_argument("--W", type=int, default=None,
+                          help="image width in pixels (default: the config's image_size)")
+    out = p.add_argument_group("output and runtime")
+    out.add_argument("--output_dir", default="outputs/text_to_image",
+                     help="where samples/ and the grid go; default: %(default)s")
+    out.add_argument("--skip_grid", action="store_true",
+                     help=f"do not write the grid (of the first {GRID_MAX_IMAGES} images)")
+    out.add_argument("--mode", choices=("graph", "pynative"), default="graph",
+                     help="MindSpore execution mode (graph compiles once, then runs faster); default: %(default)s")
+    out.add_argument("--device_target", choices=("CPU", "Ascend", "GPU"), default=None,
+                     help="device (default: what MindSpore was built for)")
+    out.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts from --prompt or --prompt_file (exactly one of them)."""
+    if (args.prompt is None) == (args.prompt_file is None):
+        raise UserError("give exactly one of --prompt and --prompt_file")
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise UserError("--prompt is empty")
+        return [args.prompt]
+    path = Path(args.prompt_file)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"--prompt_file {path}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"--prompt_file {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise UserError(f"--prompt_file {path}: no prompts (the file has no non-blank line)")
+    return prompts
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.steps < 1 or args.steps > 1000:
+        raise UserError(f"--steps {args.steps}: expected 1..1000")
+    if args.n_samples < 1:
+        raise UserError(f"--n_samples {args.n_samples}: expected >= 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch_size {args.batch_size}: expected >= 1")
+    if args.seed < 0:
+        raise UserError(f"--seed {args.seed}: expected >= 0")
+    if args.eta < 0 or (args.eta > 0 and args.sampler != "ddim"):
+        raise UserError(f"--eta {args.eta}: expected >= 0, and only with --sampler ddim")
+    if args.ckpt is None and not args.allow_random_init:
+        raise UserError("--ckpt is required (pass --allow_random_init to run with random weights, for smoke tests)")
+    if args.ckpt is not None and not Path(args.ckpt).exists():
+        raise UserError(f"--ckpt {args.ckpt}: no such file or folder")
+
+
+def load_model(args: argparse.Namespace, cfg: dict):
+    """Build the LatentDiffusion of ``cfg`` and fill it from --ckpt (or leave it random, if allowed)."""
+    from mindspore.nn.utils import no_init_parameters
+
+    from mindone.convert import load_sd_weights
+    from mindone.models.config import build_model
+
+    if args.ckpt is None:
+        logger.warning("no --ckpt: running with RANDOM weights (--allow_random_init); the images will be noise")
+        model = build_model(cfg)
+    else:
+        with no_init_parameters():  # the checkpoint fills every parameter right after
+            model = build_model(cfg)
+        load_sd_weights(model, args.ckpt)  # logs what it loaded and skipped
+    model.set_train(False)
+    return model
+
+
+def size_multiple(cfg: dict) -> int:
+    """Image sides must divide by the VAE's and then the UNet's downsampling: 8 * 8 = 64 for SD 2.x."""
+    model = cfg["model"]
+    return 2 ** (len(model["vae"]["ch_mult"]) - 1) * 2 ** (len(model["unet"]["channel_mult"]) - 1)
+
+
+def next_index(samples_dir: Path) -> int:
+    """The first free image number in ``samples_dir`` (numbering continues after earlier runs)."""
+    taken = [int(p.stem) for p in samples_dir.glob("*.png") if re.fullmatch(r"\d+", p.stem)]
+    return max(taken, default=-1) + 1
+
+
+def save_png(image: np.ndarray, target: Path, parameters: str | None = None) -> None:
+    """Write a uint8 [H, W, 3] image as PNG, atomically, with an optional ``parameters`` text chunk."""
+    from PIL import Image, PngImagePlugin
+
+    info = None
+    if parameters:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters)
+    with atomic_path(target) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
+
+
+def make_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """Tile uint8 [N, H, W, 3] images row by row, ``columns`` per row (missing cells stay black)."""
+    n, h, w, c = images.shape
+    rows = math.ceil(n / columns)
+    grid = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
+    return grid
+
+
+def next_grid_index(output_dir: Path) -> int:
+    """The first free grid number in ``output_dir``."""
+    taken = [int(m.group(1)) for p in output_dir.glob("grid-*.png") if (m := re.fullmatch(r"grid-(\d+)", p.stem))]
+    return max(taken, default=-1) + 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_cli_logging(args.verbose)
+    prompts = read_prompts(args)
+    check_args(args)
+
+    from mindone.diffusion.pipeline import StableDiffusionPipeline
+    from mindone.models.config import load_model_config
+    from mindone.models.tokenizer import SDTokenizer
+    from mindone.utils.device import init_device
+
+    cfg = load_model_config(args.config)
+    height, width = args.H or int(cfg["image_size"]), args.W or int(cfg["image_size"])
+    multiple = size_multiple(cfg)
+    if height <= 0 or width <= 0 or height % multiple or width % multiple:  # fail before loading gigabytes
+        raise UserError(f"--H/--W {height}x{width}: both must be positive multiples of {multiple} for {args.config}")
+    tokenizer = SDTokenizer(args.vocab_path)
+    init_device(mode=args.mode, device_target=args.device_target)
+    model = load_model(args, cfg)
+    pipeline = StableDiffusionPipeline(model, tokenizer, image_size=int(cfg["image_size"]))
+
+    output_dir = Path(args.output_dir)
+    samples_dir = output_dir / "samples"
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(samples_dir)  # partial files of an interrupted run
+    index = next_index(samples_dir)
+    logger.info("%d prompt(s) x %d sample(s), %dx%d, %s %d steps, guidance %.2f, seed %d -> %s",
+                len(prompts), args.n_samples, width, height, args.sampler, args.steps, args.guidance_scale,
+                args.seed, samples_dir)
+    grid_images: list[np.ndarray] = []
+    for number, prompt in enumerate(prompts, 1):
+        logger.info("prompt %d/%d: %s", number, len(prompts), prompt)
+        images = pipeline(prompt, negative_prompts=args.negative_prompt, sampler=args.sampler, steps=args.steps,
+                          guidance_scale=args.guidance_scale, seed=args.seed, height=height, width=width,
+                          n_samples=args.n_samples, eta=args.eta, batch_size=args.batch_size)
+        for sample, image in enumerate(images):
+            parameters = (f"{prompt}\nNegative prompt: {args.negative_prompt}\nSampler: {args.sampler}, "
+                          f"Steps: {args.steps}, Guidance: {args.guidance_scale}, Eta: {args.eta}, Seed: {args.seed}, "
+                          f"Sample: {sample}, Size: {width}x{height}, Config: {args.config}, Ckpt: {args.ckpt}")
+            target = samples_dir / f"{index:05d}.png"
+            save_png(image, target, parameters)
+            logger.info("wrote %s", target)
+            index += 1
+        if not args.skip_grid and len(grid_images) < GRID_MAX_IMAGES:
+            grid_images.extend(images[: GRID_MAX_IMAGES - len(grid_images)])
+    if grid_images:
+        # One row per prompt; a single sample per prompt gives a square-ish grid instead of a column.
+        columns = args.n_samples if args.n_samples > 1 else math.ceil(math.sqrt(len(grid_images)))
+        grid_path = output_dir / f"grid-{next_grid_index(output_dir):04d}.png"
+        save_png(make_grid(np.stack(grid_images), columns), grid_path)
+        logger.info("wrote grid %s", grid_path)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
