@@ -2,7 +2,8 @@
 
 Writes ``--shards`` shards of ``--samples`` samples (jpg of ``--image_kb`` KiB + txt + json, as img2dataset
 writes them), then times, on the same files:
-  - header scan: laion_utils.tar_stats.scan_tar (what laion_gen_data_stats.py uses),
+  - header scan: laion_utils.tar_stats.scan_tar, one shard after the other,
+  - the CLI's part check: annotations.tar_part_stats (header scan + _stats.json check, 8 threads over shards),
   - naive baseline: tarfile iteration reading every member's bytes,
   - webdataset baseline: webdataset's tar iterator over every sample (how a loader would count).
 Each contender runs twice: with a warm page cache (CPU work only), and cold (the files' cached pages are
@@ -27,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools" / "laion_data_utils"))
 
+from laion_utils.annotations import tar_part_stats  # noqa: E402
 from laion_utils.tar_stats import scan_tar  # noqa: E402
 
 
@@ -76,10 +78,23 @@ def warm_cache(paths: list[Path]) -> None:
 
 
 def timed(fn, paths: list[Path], cold: bool) -> tuple[float, int]:
+    """Time ``fn(paths) -> samples`` after warming or dropping the page cache."""
     drop_cache(paths) if cold else warm_cache(paths)
     start = time.perf_counter()
-    total = sum(fn(p) for p in paths)
+    total = fn(paths)
     return time.perf_counter() - start, total
+
+
+def per_shard(fn):
+    return lambda paths: sum(fn(p) for p in paths)
+
+
+def part_stats(paths: list[Path]) -> int:
+    """What laion_gen_data_stats.py does for a part: check every shard (8 threads) against its _stats.json."""
+    part_dir = paths[0].parent
+    stats = tar_part_stats(part_dir.parent, part_dir)
+    assert not stats.problems, stats.problems
+    return stats.total
 
 
 def main() -> None:
@@ -89,13 +104,17 @@ def main() -> None:
     parser.add_argument("--image_kb", type=int, default=48)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_stats_") as tmp:
-        paths = [Path(tmp) / f"{i:05d}.tar" for i in range(args.shards)]
+        part = Path(tmp) / "part_1"
+        part.mkdir()
+        paths = [part / f"{i:05d}.tar" for i in range(args.shards)]
         for p in paths:
             write_shard(p, args.samples, args.image_kb)
+            p.with_name(p.stem + "_stats.json").write_text(json.dumps({"count": args.samples, "successes": args.samples}))
         size_mb = sum(p.stat().st_size for p in paths) / 2**20
-        contenders = (("header scan (laion_gen_data_stats)", lambda p: scan_tar(p).num_samples),
-                      ("naive tarfile, reads every member", naive_tarfile),
-                      ("webdataset tar iterator", webdataset_iter))  # fmt: skip
+        contenders = (("header scan, one shard at a time", per_shard(lambda p: scan_tar(p).num_samples)),
+                      ("tar_part_stats (the CLI), 8 threads", part_stats),
+                      ("naive tarfile, reads every member", per_shard(naive_tarfile)),
+                      ("webdataset tar iterator", per_shard(webdataset_iter)))  # fmt: skip
         results = {(name, cold): timed(fn, paths, cold) for cold in (False, True) for name, fn in contenders}
     print(f"{args.shards} shard(s) x {args.samples} samples, {size_mb:.0f} MiB")
     for cold in (False, True):
@@ -104,7 +123,7 @@ def main() -> None:
         for name, _ in contenders:
             t, n = results[(name, cold)]
             assert n == args.shards * args.samples, (name, n)
-            ratio = "" if name == contenders[0][0] else f"  -> scan is {t / t_scan:.1f}x faster"
+            ratio = "" if name.startswith(("header", "tar_part")) else f"  -> scan is {t / t_scan:.1f}x faster"
             print(f"  {name:36s}: {t:7.3f} s {n / t:10.0f} samples/s{ratio}")
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parts", nargs="*", help="only these part ids (default: every part_<id> folder)")
     parser.add_argument("--strict", action="store_true", help="exit with an error if any shard has to be left out")
     parser.add_argument("--all_stats", action="store_true", help="also write all_stats.csv covering every part")
+    parser.add_argument("--workers", type=int, default=8, help="shards checked at once (I/O-bound on cold or network disks)")
     parser.add_argument("--filtered_output_dir", help="with filters: write the passing samples as new shards here")
     add_filter_arguments(parser)
     return parser
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems: list[str] = []
     reasons: Counter = Counter()
     for part_id, part_dir in tqdm(parts, desc="parts", unit="part"):
-        stats = tar_part_stats(data_dir, part_dir)
+        stats = tar_part_stats(data_dir, part_dir, args.workers)
         for line in stats.problems:
             logger.warning(line)
         problems += stats.problems
