@@ -132,12 +132,14 @@ def test_global_shuffle_is_a_seeded_permutation(inputs, tmp_path):
     data = inputs["improved_aesthetics_4.5plus"]
     plain = reference_filter(read_dir(data), "improved_aesthetics_4.5plus").reset_index(drop=True)
     outs = {}
+    scratch = tmp_path / "scratch"
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         report = run("--data_dir", str(data), "--output_dir", str(tmp_path / name), "--shuffle", "--seed",
-                     str(seed), "--shuffle_buckets", "4", "--rows_per_part", "1000")
+                     str(seed), "--shuffle_buckets", "4", "--rows_per_part", "1000", "--tmp_dir", str(scratch))
         outs[name] = read_dir(tmp_path / name, "part_*.parquet")
         assert [p["rows"] for p in report["parts"]][:-1] == [1000] * (len(report["parts"]) - 1)
     assert canonical(outs["a"]) == canonical(plain)
+    assert list(scratch.iterdir()) == []  # bucket files removed
     pd.testing.assert_frame_equal(outs["a"], outs["b"])  # same seed, same order
     assert not outs["a"]["URL"].equals(outs["c"]["URL"])  # other seed, other order
     assert not outs["a"]["URL"].equals(plain["URL"])

@@ -134,7 +134,7 @@ def run_filter(args: argparse.Namespace, spark=None) -> dict[str, Any]:
             from laion_utils.filter_spark import create_session, run_spark
 
             own = spark is None
-            session = spark or create_session(args.master, args.driver_memory)
+            session = spark or create_session(args.master, args.driver_memory, progress=not args.no_progress)
             try:
                 stats, parts = run_spark(plan, staging, session)
             finally:

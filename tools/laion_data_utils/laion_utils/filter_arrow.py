@@ -27,6 +27,7 @@ from laion_utils.shuffle_external import BucketScatter, choose_num_buckets
 from mindone.utils.cli import UserError
 
 log = logging.getLogger(__name__)
+KEY_PREFIX = "__laion_key_"  # dedup keys, copied under logical names while in buckets
 
 
 def align(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -113,6 +114,7 @@ def _run_bucketed(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: 
     estimated = sum(f.uncompressed_bytes for f in plan.inputs)
     k = choose_num_buckets(estimated, plan.bucket_mb, plan.num_buckets)
     stats.shuffle_buckets = k
+    log.info("bucket pass: %d bucket(s) in %s", k, scratch)
     key_names = [KEY_PREFIX + c for c in DEDUP_KEYS[plan.dedup]] if plan.dedup else []
     schema = plan.output_schema
     if plan.dedup:
@@ -158,9 +160,6 @@ def _run_bucketed(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: 
     deduped.close()
     sizes = part_sizes(int(deduped.counts.sum()), plan.num_parts, plan.rows_per_part)
     return _drain_buckets(deduped, plan, sizes, out_dir, None, progress)
-
-
-KEY_PREFIX = "__laion_key_"
 
 
 def _drain_buckets(scatter: BucketScatter, plan: FilterPlan, sizes: list[int], out_dir: Path,

@@ -33,16 +33,17 @@ def _spark_type(typ: pa.DataType):
     return table.get(typ)
 
 
-def create_session(master: str, driver_memory: str, shuffle_partitions: int | None = None):
-    """A SparkSession for this job (UI off; reuses an active session, e.g. in tests)."""
+def create_session(master: str, driver_memory: str, progress: bool = True):
+    """A SparkSession for this job (web UI off, console progress bar only if ``progress``)."""
     from pyspark.sql import SparkSession
 
     builder = (SparkSession.builder.master(master).appName("laion_filter_metadata")
                .config("spark.driver.memory", driver_memory).config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", str(progress).lower())
                .config("spark.sql.session.timeZone", "UTC"))
-    if shuffle_partitions:
-        builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session
 
 
 def run_spark(plan: FilterPlan, out_dir: Path, spark) -> tuple[FilterStats, list[int]]:
