@@ -349,3 +349,16 @@ def test_cert_patch_is_scoped_and_restored(servers):
     assert i2d_main.Downloader is stock
     # spawned workers rebuild the object by importing its class: it must pickle by reference to this module
     assert b"laion_utils.cert_patch" in pickle.dumps(cert_patch.InsecureDownloader)
+
+
+def test_resume_refuses_a_different_shard_layout(tmp_path):
+    kwargs = {"url_list": "meta/part_1.parquet", "input_format": "parquet", "number_sample_per_shard": 10000,
+              "output_format": "webdataset"}  # fmt: skip
+    part = tmp_path / "part_1"
+    launch.check_resume_settings(part, kwargs, 25000)
+    launch.check_resume_settings(part, dict(kwargs), 25000)  # same layout: fine
+    with pytest.raises(UserError, match="number_sample_per_shard=10000, now 5000"):
+        launch.check_resume_settings(part, {**kwargs, "number_sample_per_shard": 5000}, 25000)
+    with pytest.raises(UserError, match="input_rows=25000, now 26000"):
+        launch.check_resume_settings(part, kwargs, 26000)
+    assert not list(part.glob("*.json"))  # img2dataset would take any *.json for a finished shard

@@ -172,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(json.dumps({"part": pid, "spark_master": args.spark_master, "insecure_ssl": args.insecure_ssl, "img2dataset": kwargs}))
             continue
+        input_rows = launch.count_input_rows(input_path, args.input_format)
         if local_output:
+            launch.check_resume_settings(Path(output_folder), kwargs, input_rows)
             resume = prepare_resume(Path(output_folder), args.output_format, verify_done=args.verify_resume)
             if resume.done:
                 logger.info("part %d: %d shards already done, resuming", pid, resume.done)
@@ -181,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not local_output:
             continue
         part_path = Path(output_folder)
-        expected = launch.expected_shards(launch.count_input_rows(input_path, args.input_format), args.number_sample_per_shard)
+        expected = launch.expected_shards(input_rows, args.number_sample_per_shard)
         done = len(done_shard_names(part_path)) if part_path.is_dir() else 0
         if expected is not None and done < expected:
             logger.error("part %d: %d of %d shards finished", pid, done, expected)

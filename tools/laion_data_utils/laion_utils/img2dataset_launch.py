@@ -228,3 +228,34 @@ def run_img2dataset(kwargs: dict[str, Any], insecure_ssl: bool = False, spark_ma
 
 def expected_shards(rows: int | None, number_sample_per_shard: int) -> int | None:
     return None if rows is None else math.ceil(rows / number_sample_per_shard)
+
+
+# What decides which input rows a shard id holds: a rerun that changes any of these would resume shards
+# against different rows (silently skipping or duplicating samples). Not a *.json name on purpose:
+# img2dataset treats every *.json of the output folder as a finished shard's stats.
+SETTINGS_FILE = ".laion_download_settings"
+SHARD_LAYOUT_KEYS = ("url_list", "input_format", "number_sample_per_shard", "output_format", "oom_shard_count")
+
+
+def check_resume_settings(part_dir: Path, kwargs: dict[str, Any], input_rows: int | None) -> None:
+    """Refuse to resume ``part_dir`` with a shard layout other than the one it was started with; record it."""
+    from mindone.utils.atomic import atomic_write_text
+
+    current = {k: kwargs.get(k) for k in SHARD_LAYOUT_KEYS}
+    current["url_list"] = os.path.abspath(str(current["url_list"]))
+    current["input_rows"] = input_rows
+    record = part_dir / SETTINGS_FILE
+    if record.is_file():
+        try:
+            previous = json.loads(record.read_text(encoding="utf-8"))
+        except ValueError:
+            previous = {}
+        changed = [k for k, v in current.items() if k in previous and previous[k] != v and v is not None]
+        if changed:
+            k = changed[0]
+            raise UserError(
+                f"{part_dir} was started with {k}={previous[k]!r}, now {current[k]!r}: resuming would mix shard "
+                "layouts; rerun with the original settings or use a new --output_dir"
+            )
+    part_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(current, indent=2))
