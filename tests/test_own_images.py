@@ -93,3 +93,27 @@ def test_no_captioned_images_is_one_line(tmp_path):
     make_images(tmp_path / "x", 2)
     proc = run_tool("--image_dir", str(tmp_path / "x"), "--output_dir", str(tmp_path / "o"))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no captioned image" in proc.stderr
+
+
+def test_training_loader_reads_what_the_tools_write(tmp_path):
+    """Writer then reader: mindone.data's annotation readers and tar reader on this tool's output."""
+    from mindone.data.annotations import read_files_annotations, read_shard_list, resolve_annotation_files
+    from mindone.data.tar_stream import read_samples
+
+    src = tmp_path / "imgs"
+    names = make_images(src, 5)
+    (src / "metadata.jsonl").write_text("".join(json.dumps({"file_name": n, "text": f"cap {i}"}) + "\n" for i, n in enumerate(names)))
+    web, files = tmp_path / "web", tmp_path / "files"
+    assert run_tool("--image_dir", str(src), "--output_dir", str(web), "--samples_per_shard", "2").returncode == 0
+    assert run_tool("--image_dir", str(src), "--output_dir", str(files), "--output_format", "files").returncode == 0
+    shards = read_shard_list(resolve_annotation_files(web, "webdataset"))
+    assert shards.num_samples == 5 and list(shards.sizes) == [2, 2, 1]
+    captions = []
+    for url, size in zip(shards.urls, shards.sizes, strict=True):
+        got = list(read_samples(url, list(range(size))))
+        assert all(not isinstance(sample, str) for _, sample in got), got  # no truncated/unreadable index
+        captions += [sample.files["txt"].decode() for _, sample in got]
+    assert captions == [f"cap {i}" for i in range(5)]
+    annot = read_files_annotations(resolve_annotation_files(files, "files"))
+    assert len(annot) == 5 and all(Path(p).is_file() for p in annot.paths)
+    assert list(annot.captions) == [f"cap {i}" for i in range(5)]
