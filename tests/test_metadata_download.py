@@ -25,6 +25,17 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         name = self.path.lstrip("/")
         srv.log.append((self.command, name, self.headers.get("Range")))
+        host = self.headers.get("Host", "").split(":")[0]
+        srv.auth_log.append((self.command, host, self.headers.get("Authorization")))
+        if name.startswith("redirect/"):  # like the Hub: 302 to a CDN on another host
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{srv.server_address[1]}/{name[len('redirect/'):]}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if srv.token and host == "127.0.0.1" and self.headers.get("Authorization") != f"Bearer {srv.token}":
+            self.send_error(401, "Unauthorized")
+            return
         if srv.fail.get((self.command, name), 0) > 0:
             srv.fail[(self.command, name)] -= 1
             self.send_error(500, "transient")
@@ -70,6 +81,7 @@ def files(tmp_path_factory) -> dict[str, bytes]:
 def server(files):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.files, srv.fail, srv.cut, srv.log, srv.ranges = dict(files), {}, {}, [], True
+    srv.auth_log, srv.token = [], None
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
@@ -168,3 +180,18 @@ def test_file_pattern_override_and_dry_run(tmp_path, capsys):
               "--num_files", "4", "--parts", "2-3", "--output_dir", str(tmp_path), "--dry_run"])
     out = capsys.readouterr().out.splitlines()
     assert [ln.split(" -> ")[0] for ln in out] == ["http://mirror/x/art_002.parquet", "http://mirror/x/art_003.parquet"]
+
+
+@pytest.mark.timeout(60)
+def test_token_for_gated_files_is_not_forwarded_to_another_host(server, files, tmp_path):
+    server.token = "secret"
+    name = "2B-en-4.5_1.parquet"
+    with pytest.raises(DownloadError, match=r"HTTP 401"):
+        download_file(f"{server.url}/{name}", tmp_path / name, FAST, progress=False)
+    assert len(server.auth_log) == 1  # a 401 is not retried
+    assert download_file(f"{server.url}/redirect/{name}", tmp_path / name, FAST, progress=False,
+                         token="secret") == "downloaded"
+    assert (tmp_path / name).read_bytes() == files[name]
+    hosts = {(cmd, host): auth for cmd, host, auth in server.auth_log[1:]}
+    assert hosts[("HEAD", "127.0.0.1")] == hosts[("GET", "127.0.0.1")] == "Bearer secret"
+    assert hosts[("HEAD", "localhost")] is None and hosts[("GET", "localhost")] is None  # HEAD stays HEAD

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the file-name pattern, with {n} for the on-disk number, e.g. 'part-{n:05d}.parquet'")
     p.add_argument("--num_files", type=int, help="override the number of files (with --file_pattern)")
     p.add_argument("--first_index", type=int, help="on-disk number of part 1 (with --file_pattern)")
+    p.add_argument("--token", default=os.environ.get("HF_TOKEN"),
+                   help="access token for gated datasets, sent as 'Authorization: Bearer' (default: $HF_TOKEN)")
     p.add_argument("--retries", type=int, default=5, help="retries per file on transient errors")
     p.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry (doubles each time)")
     p.add_argument("--max_backoff", type=float, default=60.0, help="longest wait between retries (s)")
@@ -64,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def one(i_job):
         i, (url, dest) = i_job
         try:
-            return url, download_file(url, dest, policy, progress, position=i % args.workers if args.workers > 1 else None)
+            position = i % args.workers if args.workers > 1 else None
+            return url, download_file(url, dest, policy, progress, position, args.token)
         except DownloadError as err:
             return url, err
 

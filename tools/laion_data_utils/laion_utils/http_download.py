@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,16 +49,34 @@ def partial_path(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.partial"
 
 
-def _request(url: str, timeout: float, method: str = "GET", start: int = 0):
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follow redirects keeping HEAD a HEAD, and never forward the token to another host (e.g. a CDN)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            if req.get_method() == "HEAD":
+                new.method = "HEAD"
+            if urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+                new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_RedirectHandler)
+
+
+def _request(url: str, timeout: float, method: str = "GET", start: int = 0, token: str | None = None):
     headers = {"User-Agent": "mindone-laion-tools/1.0"}
     if start:
         headers["Range"] = f"bytes={start}-"
-    return urllib.request.urlopen(urllib.request.Request(url, headers=headers, method=method), timeout=timeout)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return _OPENER.open(urllib.request.Request(url, headers=headers, method=method), timeout=timeout)
 
 
-def remote_size(url: str, timeout: float) -> int | None:
+def remote_size(url: str, timeout: float, token: str | None = None) -> int | None:
     """Content-Length from a HEAD request (None if the server does not say)."""
-    with _request(url, timeout, "HEAD") as resp:
+    with _request(url, timeout, "HEAD", token=token) as resp:
         length = resp.headers.get("Content-Length")
         return int(length) if length is not None else None
 
@@ -76,8 +95,10 @@ def _describe(err: BaseException) -> str:
 
 
 def download_file(url: str, dest: str | os.PathLike, policy: RetryPolicy | None = None, progress: bool = True,
-                  position: int | None = None) -> str:
+                  position: int | None = None, token: str | None = None) -> str:
     """Download ``url`` to ``dest``; returns ``"skipped"``, ``"downloaded"`` or ``"resumed"``.
+
+    ``token`` is sent as ``Authorization: Bearer`` (gated Hugging Face datasets), never to another host.
 
     Raises DownloadError when the server refuses the file or the retries are exhausted.
     """
@@ -90,7 +111,7 @@ def download_file(url: str, dest: str | os.PathLike, policy: RetryPolicy | None 
     for attempt in range(policy.retries + 1):
         try:
             if size is None:
-                size = remote_size(url, policy.timeout)
+                size = remote_size(url, policy.timeout, token)
             if dest.exists() and (size is None or dest.stat().st_size == size):
                 return "skipped"
             if dest.exists():
@@ -101,7 +122,7 @@ def download_file(url: str, dest: str | os.PathLike, policy: RetryPolicy | None 
                 start = 0
             resumed |= start > 0
             if size is None or start < size:
-                _fetch(url, tmp, start, size, policy.timeout, progress, dest.name, position)
+                _fetch(url, tmp, start, size, policy.timeout, progress, dest.name, position, token)
             got = tmp.stat().st_size
             if size is not None and got != size:
                 raise http.client.IncompleteRead(b"", size - got)
@@ -121,9 +142,9 @@ def download_file(url: str, dest: str | os.PathLike, policy: RetryPolicy | None 
 
 
 def _fetch(url: str, tmp: Path, start: int, size: int | None, timeout: float, progress: bool, name: str,
-           position: int | None) -> None:
+           position: int | None, token: str | None) -> None:
     """Append the bytes from ``start`` to ``tmp`` (restarting from 0 if the server ignores the Range)."""
-    with _request(url, timeout, start=start) as resp:
+    with _request(url, timeout, start=start, token=token) as resp:
         if start and resp.status != 206:
             log.info("%s: server ignored the Range request, restarting from 0", url)
             start = 0
