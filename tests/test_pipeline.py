@@ -161,6 +161,8 @@ def test_pipeline_keeps_parameter_names(fake_pipeline):
 def test_bad_arguments(fake_pipeline):
     with pytest.raises(ValueError, match="multiples of 4"):  # the VAE's factor (the stand-in UNet does not resample)
         fake_pipeline(PROMPTS, height=42, progress=False)
+    with pytest.raises(ValueError, match="positive"):
+        fake_pipeline(PROMPTS, width=-32, progress=False)
     with pytest.raises(ValueError, match="negative prompts"):
         fake_pipeline(PROMPTS, negative_prompts=["a", "b", "c"], progress=False)
     with pytest.raises(ValueError, match="sampler"):

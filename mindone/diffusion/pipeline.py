@@ -111,8 +111,9 @@ class StableDiffusionPipeline:
         if len(negatives) != len(prompts):
             raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
         height, width = height or self.image_size, width or self.image_size
-        if height % self.size_multiple or width % self.size_multiple:
-            raise ValueError(f"height and width must be multiples of {self.size_multiple}, got {height}x{width}")
+        if height <= 0 or width <= 0 or height % self.size_multiple or width % self.size_multiple:
+            raise ValueError(f"height and width must be positive multiples of {self.size_multiple}, "
+                             f"got {height}x{width}")
         if seed < 0 or n_samples < 1 or steps < 1:
             raise ValueError("seed must be >= 0, n_samples and steps >= 1")
 
