@@ -170,3 +170,18 @@ def test_dpm_solver_pp_2m_matches_diffusers(prediction_type, steps):
     x = _x_T(6)
     _assert_same_run(_our_loop(DPMSolverSampler(SCHEDULE, prediction_type), steps, prediction_type, x),
                      _diffusers_loop(ref, steps, prediction_type, x))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_timestep_spacings_match_diffusers(spacing):
+    diffusers = pytest.importorskip("diffusers")
+    for steps in (1, 3, 7, 50, 333):
+        ddim_ref = diffusers.DDIMScheduler(**SD2_SCHEDULER_CONFIG, timestep_spacing=spacing)
+        ddim_ref.set_timesteps(steps)
+        ours = DDIMSampler(SCHEDULE, timestep_spacing=spacing, steps_offset=1).set_timesteps(steps)
+        np.testing.assert_array_equal(ours, ddim_ref.timesteps.numpy(), err_msg=f"ddim {spacing} {steps}")
+        dpm_ref = diffusers.DPMSolverMultistepScheduler(**SD2_SCHEDULER_CONFIG, timestep_spacing=spacing)
+        dpm_ref.set_timesteps(steps)
+        ours = DPMSolverSampler(SCHEDULE, timestep_spacing=spacing, steps_offset=1).set_timesteps(steps)
+        np.testing.assert_array_equal(ours, dpm_ref.timesteps.numpy(), err_msg=f"dpm {spacing} {steps}")
