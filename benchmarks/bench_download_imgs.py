@@ -6,7 +6,7 @@ certificate). The stock run verifies the certificate, trusted through SSL_CERT_F
 each side is compared. Speed is counted from img2dataset's own per-shard times in ``_stats.json`` (the
 download loop, without process start-up), and from wall time for the whole call.
 
-    .venv/bin/python benchmarks/bench_download_imgs.py [--images 2000] [--repeats 3] [--processes 1] [--threads 32]
+    .venv/bin/python benchmarks/bench_download_imgs.py [--images 2000] [--repeats 3] [--processes 1] [--threads 32] [--scheme http]
 
 Goal: patched / stock >= 0.95.
 """
@@ -75,12 +75,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--scheme", choices=["https", "http"], default="https",
+                        help="http measures the wrapper alone (no TLS, so nothing for the patch to skip)")
     args = parser.parse_args()
     import logging
 
     logging.basicConfig(level=logging.ERROR)
-    with ImageServer(https=True) as server, tempfile.TemporaryDirectory(prefix="bench_dl_") as tmp:
-        os.environ["SSL_CERT_FILE"] = str(server.cert_file)  # lets the stock (verifying) downloader trust it
+    with ImageServer(https=args.scheme == "https") as server, tempfile.TemporaryDirectory(prefix="bench_dl_") as tmp:
+        if server.cert_file is not None:
+            os.environ["SSL_CERT_FILE"] = str(server.cert_file)  # lets the stock (verifying) downloader trust it
         part = Path(tmp) / "part_1.parquet"
         urls = [server.url("good", i % 50) for i in range(args.images)]
         pq.write_table(pa.table({"URL": urls, "TEXT": [f"caption {i}" for i in range(args.images)]}), part)
@@ -92,7 +95,7 @@ def main() -> None:
                 results[name].append(res)
                 print(f"run {r} {name:8s} {res[0]:8.1f} img/s (download loop)  {res[1]:8.1f} img/s (wall)", flush=True)
     med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in results.items()}
-    print(f"\n{args.images} images over loopback HTTPS, {args.processes} process(es) x {args.threads} threads, median of {args.repeats}")
+    print(f"\n{args.images} images over loopback {args.scheme.upper()}, {args.processes} process(es) x {args.threads} threads, median of {args.repeats}")
     print(f"stock img2dataset (verifying)   : {med['stock'][0]:8.1f} img/s loop, {med['stock'][1]:8.1f} img/s wall")
     print(f"patched (--insecure_ssl)        : {med['patched'][0]:8.1f} img/s loop, {med['patched'][1]:8.1f} img/s wall")
     print(f"ratio patched/stock             : {med['patched'][0] / med['stock'][0]:.3f} loop, {med['patched'][1] / med['stock'][1]:.3f} wall (goal >= 0.95)")
