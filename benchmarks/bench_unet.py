@@ -4,12 +4,13 @@ Both sides run the tiny SD 2.x-shaped config (configs/model/tiny.yaml: 3 levels,
 projections, cross-attention on a 77-token context) with the same weights (a diffusers model saved to a
 temporary folder; MindSpore loads it through mindone.convert, so both compute the same function and the
 printed losses agree), an MSE loss against the same random target and a full backward pass; optimizer
-updates are left out of both. Each framework runs in its own process with the same thread count; the
-per-step time is the median over the timed steps (robust to other load on a shared machine). Reported:
+updates are left out of both. Each framework runs in its own process with the same thread count, in
+``--rounds`` alternating rounds; a round's step time is the median over its timed steps and the best
+round counts (both robust to other load on a shared machine). Reported:
 images/s of each, the MindSpore/torch ratio, the first step (MindSpore: graph compile), and the
 parameter count and parameter memory of each full-size SD 2.x component.
 
-    .venv/bin/python benchmarks/bench_unet.py [--batch 8] [--steps 30] [--warmup 3] [--threads 1]
+    .venv/bin/python benchmarks/bench_unet.py [--batch 8] [--steps 30] [--warmup 3] [--threads 1] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for each framework's kernels; 1 gives stable figures on a shared machine, "
                              "where torch's OpenMP threads spin-wait badly under load (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating torch/MindSpore rounds (default: %(default)s)")
     parser.add_argument("--config", default="tiny", help="model config for the timed UNet (default: %(default)s)")
     parser.add_argument("--worker", choices=("torch", "mindspore"), help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
@@ -180,15 +182,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name, module in (("unet", unet_ref), ("vae", vae_ref), ("text_encoder", text_ref)):
             module.save_pretrained(Path(folder) / name)
-        results = {worker: spawn(args, worker, folder) for worker in ("torch", "mindspore")}
+        rounds = {"torch": [], "mindspore": []}
+        for _ in range(args.rounds):
+            for worker in rounds:
+                rounds[worker].append(spawn(args, worker, folder))
+    results = {worker: min(runs, key=lambda r: r["step"]) for worker, runs in rounds.items()}
     shape = "x".join(str(d) for d in data["x"].shape)
     print(f"UNet forward+backward, config {args.config} ({n_params / 1e6:.2f}M params), latents {shape}, "
           f"context {data['context'].shape[1]}x{data['context'].shape[2]}, {args.threads} threads, "
-          f"median of {args.steps} steps, CPU")
+          f"best of {args.rounds} rounds of {args.steps} steps (median), CPU")
     print(f"{'':28s}{'images/s':>10s}{'ms/step':>10s}{'first step s':>14s}{'loss':>12s}")
     for worker, label in (("torch", "diffusers/torch (eager)"), ("mindspore", "MindSpore GRAPH_MODE")):
         r = results[worker]
-        print(f"{label:28s}{args.batch / r['step']:10.1f}{r['step'] * 1e3:10.1f}{r['first']:14.2f}{r['loss']:12.6f}")
+        per_round = ", ".join(f"{run['step'] * 1e3:.1f}" for run in rounds[worker])
+        print(f"{label:28s}{args.batch / r['step']:10.1f}{r['step'] * 1e3:10.1f}{r['first']:14.2f}{r['loss']:12.6f}"
+              f"   (ms/step per round: {per_round})")
     print(f"ratio MindSpore / torch: {results['torch']['step'] / results['mindspore']['step']:.2f}x images/s "
           "(MindSpore's first step includes graph compilation)")
     print("\nfull-size SD 2.x components (parameters only; activations not included)")

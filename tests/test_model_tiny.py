@@ -90,3 +90,25 @@ def test_config_errors_are_one_line_user_errors(tmp_path):
                    .replace("num_res_blocks: 2", "num_res_block: 2"))
     with pytest.raises(UserError, match=r"model\.unet.*num_res_block"):
         load_model_config(bad)
+
+
+def test_flash_attention_flag_is_refused_off_ascend():
+    cfg = load_model_config("tiny")
+    cfg["model"]["unet"]["use_flash_attention"] = True
+    with pytest.raises(UserError, match="use_flash_attention needs device_target Ascend"):
+        build_model(cfg)
+
+
+def test_recompute_flag_keeps_the_function(tiny):
+    cfg = load_model_config("tiny")
+    cfg["model"]["unet"]["use_recompute"] = True
+    model = build_model(cfg)
+    reference = dict(tiny.parameters_and_names())
+    for name, param in model.parameters_and_names():
+        param.set_data(reference[name].data.copy())
+    rng = np.random.default_rng(4)
+    x = Tensor(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
+    ctx = Tensor(rng.standard_normal((1, 77, 32)).astype(np.float32))
+    t = Tensor(np.array([250], np.int32))
+    np.testing.assert_allclose(model.apply_model(x, t, ctx).asnumpy(), tiny.apply_model(x, t, ctx).asnumpy(),
+                               atol=1e-6)

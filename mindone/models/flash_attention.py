@@ -27,4 +27,4 @@ def check_flash_supported() -> None:
     target = ms.get_context("device_target")
     if target != "Ascend":
         raise UserError(f"use_flash_attention needs device_target Ascend (current: {target}); "
-                           "set use_flash_attention: false in the model config")
+                        "set use_flash_attention: false in the model config")

@@ -70,7 +70,8 @@ class SDTokenizer:
     def __init__(self, vocab_path: str | Path | None = None, context_length: int = 77):
         merges_file = find_bpe_vocab(vocab_path)
         try:
-            lines = gzip.open(merges_file).read().decode("utf-8").split("\n")
+            with gzip.open(merges_file) as fh:
+                lines = fh.read().decode("utf-8").split("\n")
         except (OSError, UnicodeDecodeError) as err:
             raise UserError(f"BPE vocabulary {merges_file}: not a gzipped merges file ({err})") from err
         merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]

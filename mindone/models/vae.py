@@ -87,39 +87,23 @@ class Upsample(nn.Cell):
         return self.conv(upsample_nearest_2x(x))
 
 
-class EncoderLevel(nn.Cell):
-    """One encoder resolution: ``block`` (res blocks) then ``downsample`` except at the last level."""
+class Level(nn.Cell):
+    """One resolution level: ``block`` (res blocks), then the resampler stored under ldm's name for it
+    (``downsample`` in the encoder, ``upsample`` in the decoder), absent at the outermost level."""
 
-    def __init__(self, blocks: list[ResnetBlock], downsample: Downsample | None):
+    def __init__(self, blocks: list[ResnetBlock], resample: nn.Cell | None, resample_name: str):
         super().__init__()
         self.block = nn.CellList(blocks)
-        self.has_resample = downsample is not None
-        if downsample is not None:
-            self.downsample = downsample
+        self.resample_name = resample_name
+        self.has_resample = resample is not None
+        if resample is not None:
+            self.insert_child_to_cell(resample_name, resample)
 
     def construct(self, x: Tensor) -> Tensor:
         for blk in self.block:
             x = blk(x)
         if self.has_resample:
-            x = self.downsample(x)
-        return x
-
-
-class DecoderLevel(nn.Cell):
-    """One decoder resolution: ``block`` (res blocks) then ``upsample`` except at level 0."""
-
-    def __init__(self, blocks: list[ResnetBlock], upsample: Upsample | None):
-        super().__init__()
-        self.block = nn.CellList(blocks)
-        self.has_resample = upsample is not None
-        if upsample is not None:
-            self.upsample = upsample
-
-    def construct(self, x: Tensor) -> Tensor:
-        for blk in self.block:
-            x = blk(x)
-        if self.has_resample:
-            x = self.upsample(x)
+            x = getattr(self, self.resample_name)(x)
         return x
 
 
@@ -147,7 +131,7 @@ class Encoder(nn.Cell):
                 blocks.append(ResnetBlock(block_in, ch * mult, dropout))
                 block_in = ch * mult
             down = Downsample(block_in) if i != len(ch_mult) - 1 else None
-            levels.append(EncoderLevel(blocks, down))
+            levels.append(Level(blocks, down, "downsample"))
         self.down = nn.CellList(levels)
         self.mid = MidBlock(block_in, dropout)
         self.norm_out = _norm(block_in)
@@ -175,7 +159,7 @@ class Decoder(nn.Cell):
             for _ in range(num_res_blocks + 1):
                 blocks.append(ResnetBlock(block_in, ch * ch_mult[i], dropout))
                 block_in = ch * ch_mult[i]
-            levels.insert(0, DecoderLevel(blocks, Upsample(block_in) if i != 0 else None))
+            levels.insert(0, Level(blocks, Upsample(block_in) if i != 0 else None, "upsample"))
         self.up = nn.CellList(levels)
         self.norm_out = _norm(block_in)
         self.silu = nn.SiLU()
