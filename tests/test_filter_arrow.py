@@ -112,6 +112,9 @@ def test_optional_conditions_from_yaml_with_flag_override(inputs, tmp_path):
     bad.write_text("min_widht: 3\n")
     with pytest.raises(cli.UserError, match="unknown key 'min_widht'"):
         cli.main(["--config", str(bad), "--data_dir", str(data), "--output_dir", str(tmp_path / "o2")])
+    bad.write_text("engine: sparky\n")
+    with pytest.raises(cli.UserError, match="engine: 'sparky' is not one of arrow, spark"):
+        cli.main(["--config", str(bad), "--data_dir", str(data), "--output_dir", str(tmp_path / "o2")])
 
 
 @pytest.mark.parametrize("key,columns", [("url", ["URL"]), ("url_text", ["URL", "TEXT"]), ("hash", ["hash"])])

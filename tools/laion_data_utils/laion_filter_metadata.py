@@ -93,6 +93,10 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
             raise UserError(f"--config {path}: unknown key {unknown[0]!r}")
         parser.set_defaults(**loaded)
         args = parser.parse_args(argv)
+        for action in parser._actions:  # argparse does not check defaults against choices
+            value = getattr(args, action.dest, None)
+            if action.choices and value is not None and value not in action.choices:
+                raise UserError(f"--config {path}: {action.dest}: {value!r} is not one of {', '.join(action.choices)}")
     if not args.data_dir:
         raise UserError("--data_dir is required")
     if args.task == "filter" and not args.output_dir:
