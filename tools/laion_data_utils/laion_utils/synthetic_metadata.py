@@ -172,11 +172,12 @@ def _add_specials(rng: np.random.Generator, cols: dict[str, pa.Array], n: int, s
 
 def write_synthetic_metadata(path: str | os.PathLike, n_rows: int, variant: str = "improved_aesthetics_4.5plus",
                              seed: int = 0, url_template: str | None = None, specials: bool = True,
-                             chunk_rows: int = 1_000_000, row_group_rows: int = 131_072) -> Path:
+                             chunk_rows: int = 1_000_000, row_group_rows: int = 131_072, first_row: int = 0) -> Path:
     """Write ``n_rows`` synthetic rows of ``variant`` to the parquet file ``path`` (snappy, like LAION).
 
     ``url_template`` (e.g. ``"http://127.0.0.1:8000/{i}.jpg"``) makes every URL point at a local server,
-    ``{i}`` being the row number; caption/URL swaps are then left out so every URL stays valid.
+    ``{i}`` being the row number counted from ``first_row`` (give each file its own range for URLs unique
+    across files); caption/URL swaps are then left out so every URL stays valid.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +185,6 @@ def write_synthetic_metadata(path: str | os.PathLike, n_rows: int, variant: str 
     with pq.ParquetWriter(path, schema, compression="snappy") as writer:
         for start in range(0, max(n_rows, 1), chunk_rows):
             count = min(chunk_rows, n_rows - start)
-            table = generate_table(count, variant, seed, url_template, start, specials)
+            table = generate_table(count, variant, seed, url_template, first_row + start, specials)
             writer.write_table(table, row_group_size=row_group_rows)
     return path
