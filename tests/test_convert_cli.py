@@ -112,3 +112,25 @@ def test_cli_argument_errors_are_one_line(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="junk.ckpt: neither a torch zip checkpoint nor a MindSpore checkpoint"):
         main(["--source", str(tmp_path / "junk.ckpt"), "--target", str(tmp_path / "x.ckpt"), "--config", "tiny"])
+
+
+def test_use_ema_takes_ldm_and_mindone_ema_copies(tiny_state, tmp_path):
+    unet_names = [n for n in tiny_state if n.startswith("model.diffusion_model.")]
+    ldm_ema = {"model_ema." + n[len("model."):].replace(".", ""): tiny_state[n] + 1 for n in unet_names}
+    text_name = "cond_stage_model.model.ln_final.weight"
+    source = tmp_path / "ema.safetensors"
+    write_safetensors(source, {**tiny_state, **ldm_ema, f"ema.{text_name}": tiny_state[text_name] * 3,
+                               "model_ema.num_updates": np.array(3, np.int32)})
+    model = fresh_tiny()
+    report = load_sd_weights(model, source, use_ema=True)
+    assert report["extra"] == ["model_ema.num_updates"]
+    params = dict(model.parameters_and_names())
+    for name, array in tiny_state.items():
+        expected = array + 1 if name in unet_names else array * 3 if name == text_name else array
+        np.testing.assert_array_equal(params[name].asnumpy(), expected)
+    assert load_sd_weights(fresh_tiny(), source)["extra"] == sorted([*ldm_ema, f"ema.{text_name}",
+                                                                      "model_ema.num_updates"])
+    write_safetensors(tmp_path / "plain.safetensors", tiny_state)
+    with pytest.raises(UserError, match="no EMA weights"):
+        main(["--source", str(tmp_path / "plain.safetensors"), "--target", str(tmp_path / "x.ckpt"),
+              "--config", "tiny", "--use_ema"])

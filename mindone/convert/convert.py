@@ -69,6 +69,33 @@ def to_ldm(tensors: Mapping[str, np.ndarray], layout: str, expected: Mapping[str
     return ldm, sorted(set(tensors) - used)
 
 
+def ema_names(name: str) -> tuple[str, ...]:
+    """Where an EMA copy of ``name`` is stored: mindone training (``ema.<name>``) or ldm's LitEma
+    (``model_ema.<name under model., dots removed>``, UNet only)."""
+    names = (f"ema.{name}",)
+    if name.startswith("model."):
+        names += ("model_ema." + name[len("model."):].replace(".", ""),)
+    return names
+
+
+def substitute_ema(tensors: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], source: str | Path
+                   ) -> tuple[dict[str, np.ndarray], int]:
+    """Tensors with every expected weight that has an EMA copy replaced by it (EMA keys consumed).
+
+    Raises UserError when the source holds no EMA weights at all.
+    """
+    out = dict(tensors)
+    replaced = 0
+    for name in expected:
+        ema = next((e for e in ema_names(name) if e in out), None)
+        if ema is not None:
+            out[name] = out.pop(ema)
+            replaced += 1
+    if not replaced:
+        raise UserError(f"{source}: no EMA weights (ema.* or model_ema.*) to use; drop the EMA option")
+    return out, replaced
+
+
 def expected_layout(model) -> dict[str, tuple[int, ...]]:
     """ldm name -> shape of every parameter of a LatentDiffusion (or any cell)."""
     return {name: tuple(param.shape) for name, param in model.parameters_and_names()}
@@ -79,26 +106,33 @@ def model_layout_config(model) -> dict[str, dict[str, Any]]:
     return {"unet": dict(model.model.diffusion_model.layout), "vae": dict(model.first_stage_model.layout)}
 
 
-def read_as_ldm(path: str | Path, expected: Mapping[str, tuple[int, ...]], model_cfg: Mapping[str, Any]
-                ) -> tuple[dict[str, np.ndarray], list[str], str]:
-    """Read ``path`` (any supported source) and map it to ``expected``; returns (tensors, extra names, layout)."""
+def read_as_ldm(path: str | Path, expected: Mapping[str, tuple[int, ...]], model_cfg: Mapping[str, Any],
+                use_ema: bool = False) -> tuple[dict[str, np.ndarray], list[str], str]:
+    """Read ``path`` (any supported source) and map it to ``expected``; returns (tensors, extra names, layout).
+
+    ``use_ema`` takes each weight's EMA copy where the file has one (training checkpoints).
+    """
     tensors, layout = read_source(path)
+    if use_ema:
+        tensors, replaced = substitute_ema(tensors, expected, path)
+        logger.info("%s: using EMA weights for %d of %d tensors", path, replaced, len(expected))
     ldm, extra = to_ldm(tensors, layout, expected, model_cfg, path)
     if extra:
         logger.info("%s: skipped %d tensors the model does not use: %s", path, len(extra), summarize_names(extra))
     return ldm, extra, layout
 
 
-def load_sd_weights(model, path: str | Path) -> dict[str, Any]:
+def load_sd_weights(model, path: str | Path, use_ema: bool = False) -> dict[str, Any]:
     """Load an SD 2.x checkpoint (original .ckpt / .safetensors, diffusers folder, MindSpore .ckpt) into ``model``.
 
-    Arrays are cast to each parameter's dtype. Returns a report: ``source``, ``layout``, ``loaded``
-    (tensor count), ``extra`` (source tensors not used, e.g. model_ema.*). Raises UserError listing
-    missing tensors or shape mismatches; the model is left untouched in that case.
+    Arrays are cast to each parameter's dtype. ``use_ema`` loads the EMA copies (``ema.<name>`` from
+    mindone training, ``model_ema.*`` from ldm) where present. Returns a report: ``source``, ``layout``,
+    ``loaded`` (tensor count), ``extra`` (source tensors not used, e.g. model_ema.*). Raises UserError
+    listing missing tensors or shape mismatches; the model is left untouched in that case.
     """
     import mindspore as ms
 
-    ldm, extra, layout = read_as_ldm(path, expected_layout(model), model_layout_config(model))
+    ldm, extra, layout = read_as_ldm(path, expected_layout(model), model_layout_config(model), use_ema)
     for name, param in model.parameters_and_names():
         dtype = ms.dtype_to_nptype(param.dtype)
         param.set_data(ms.Tensor(np.ascontiguousarray(ldm[name], dtype=dtype)))

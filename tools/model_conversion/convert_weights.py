@@ -39,6 +39,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="keep",
                         help="floating-point dtype of the output tensors; 'keep' preserves the source's, which makes "
                              "a .ckpt -> .safetensors round trip bit-exact (default: %(default)s)")
+    parser.add_argument("--use_ema", action="store_true",
+                        help="write the EMA copy of each weight where the source has one (ldm model_ema.*, "
+                             "mindone training ema.*)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing target file")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
@@ -63,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with no_init_parameters():  # only names and shapes are needed
         model = build_model(load_model_config(args.config))
-    tensors, extra, layout = read_as_ldm(args.source, expected_layout(model), model_layout_config(model))
+    tensors, extra, layout = read_as_ldm(args.source, expected_layout(model), model_layout_config(model),
+                                         use_ema=args.use_ema)
     dtype = DTYPES[args.dtype]
     if dtype is not None:
         tensors = {n: a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a for n, a in tensors.items()}
