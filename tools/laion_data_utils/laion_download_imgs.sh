@@ -3,7 +3,9 @@
 #   bash laion_download_imgs.sh 1 --metadata_dir META --output_dir DATA
 #   LAION_METADATA_DIR=META LAION_OUTPUT_DIR=DATA bash laion_download_imgs.sh 1-3
 # All settings are flags or LAION_* environment variables: see `bash laion_download_imgs.sh --help`.
-# PYTHON selects the interpreter (default: python3).
+# PYTHON selects the interpreter (default: the active venv, else the checkout's .venv, else python3).
 set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/find_python.sh"
 export NO_ALBUMENTATIONS_UPDATE="${NO_ALBUMENTATIONS_UPDATE:-1}"
-exec "${PYTHON:-python3}" "$(dirname "${BASH_SOURCE[0]}")/laion_download_imgs.py" "$@"
+exec "$python_bin" "$here/laion_download_imgs.py" "$@"

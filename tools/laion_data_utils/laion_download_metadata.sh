@@ -3,6 +3,5 @@
 # Example: bash tools/laion_data_utils/laion_download_metadata.sh --parts 1-8 --output_dir laion_2b_en_ae4.5
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-python="${PYTHON:-python}"
-if [[ -z "${PYTHON:-}" && -x "$here/../../.venv/bin/python" ]]; then python="$here/../../.venv/bin/python"; fi
-exec "$python" "$here/laion_download_metadata.py" "$@"
+source "$here/find_python.sh"
+exec "$python_bin" "$here/laion_download_metadata.py" "$@"
