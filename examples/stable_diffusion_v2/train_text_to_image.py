@@ -241,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         save_config(args, TRAIN_OPTIONS, out / "config.yaml")
     setup_logging(dev.rank, dev.world_size, log_file=str(out / "train.log") if dev.is_main else None)
+    logger.info("%s, %s mode, rank %d of %d", dev.device_target, dev.mode, dev.rank, dev.world_size)
     train(args, dev)
     return 0
 

@@ -38,8 +38,13 @@ class DeviceInfo:
 
 
 def launched_by_msrun() -> bool:
-    """True when the process was started by ``msrun`` (it sets the cluster role of each process)."""
-    return os.environ.get("MS_ROLE") == "MS_WORKER" and int(os.environ.get("MS_WORKER_NUM", "1")) > 1
+    """True when ``msrun`` started this process for a multi-worker job.
+
+    msrun runs the script in the workers (``MS_ROLE=MS_WORKER``) and in one scheduler process
+    (``MS_ROLE=MS_SCHED``); both must call ``init()``: the scheduler's call serves the cluster and
+    ends that process when the workers are done.
+    """
+    return os.environ.get("MS_ROLE") in ("MS_WORKER", "MS_SCHED") and int(os.environ.get("MS_WORKER_NUM", "1")) > 1
 
 
 def default_device_target() -> str:

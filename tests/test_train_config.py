@@ -1,0 +1,94 @@
+"""Config: yaml defaults, flags override, resolved config saved and reloadable, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mindone.train.options import TRAIN_OPTIONS
+from mindone.utils.cli import UserError
+from mindone.utils.config import resolve_config, save_config
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "examples" / "stable_diffusion_v2" / "train_text_to_image.py"
+
+
+def resolve(argv):
+    return resolve_config(TRAIN_OPTIONS, argv, "test")
+
+
+def test_defaults_then_yaml_then_flags(tmp_path):
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(yaml.safe_dump({"learning_rate": 2e-5, "train_batch_size": 3, "use_ema": True,
+                                   "validation_prompts": ["a cat", "a dog"], "snr_gamma": 5}))
+    args = resolve(["--config", str(cfg), "--train_batch_size", "7", "--use_ema", "false"])
+    assert args.learning_rate == 2e-5  # yaml over default
+    assert args.train_batch_size == 7  # flag over yaml
+    assert args.use_ema is False  # bool flag with a value
+    assert args.validation_prompts == ["a cat", "a dog"]
+    assert args.snr_gamma == 5.0 and isinstance(args.snr_gamma, float)
+    assert args.gradient_accumulation_steps == 1  # untouched default
+    assert resolve(["--use_lora"]).use_lora is True  # bare bool flag
+    assert resolve(["--validation_prompts", "x", "y z"]).validation_prompts == ["x", "y z"]
+
+
+def test_resolved_config_round_trips(tmp_path):
+    args = resolve(["--data_path", "/data", "--mixed_precision", "bf16", "--validation_prompts", "a cat",
+                    "--max_train_steps", "9"])
+    saved = save_config(args, TRAIN_OPTIONS, tmp_path / "out" / "config.yaml")
+    again = resolve(["--config", str(saved)])
+    for opt in TRAIN_OPTIONS:
+        assert getattr(again, opt.name) == getattr(args, opt.name), opt.name
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"learning_rat": 1e-4}, "unknown key 'learning_rat'"),
+    ({"train_batch_size": "big"}, "key 'train_batch_size': expected int"),
+    ({"train_batch_size": 2.5}, "key 'train_batch_size': expected int"),
+    ({"mixed_precision": "fp8"}, "key 'mixed_precision': 'fp8' is not one of"),
+    ({"use_ema": "maybe"}, "key 'use_ema': expected bool"),
+    (["not", "a", "mapping"], "expected a mapping"),
+])
+def test_bad_yaml_is_one_clear_error(tmp_path, content, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(content))
+    with pytest.raises(UserError, match=message):
+        resolve(["--config", str(cfg)])
+
+
+def test_missing_or_invalid_config_file(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        resolve(["--config", str(tmp_path / "nope.yaml")])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1, 2\n")
+    with pytest.raises(UserError, match="invalid yaml"):
+        resolve(["--config", str(broken)])
+
+
+def test_recipes_in_repo_load():
+    recipes = sorted((REPO / "configs" / "train").glob("*.yaml"))
+    assert len(recipes) >= 3
+    for recipe in recipes:
+        args = resolve(["--config", str(recipe)])
+        assert args.model_config and args.output_dir
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "--data_path: required"),
+    (["--data_path", "d", "--train_batch_size", "0"], "--train_batch_size 0: must be at least 1"),
+    (["--data_path", "d", "--caption_dropout", "1.5"], "--caption_dropout 1.5"),
+    (["--data_path", "d", "--use_lora", "--train_text_encoder"], "--lora_text_encoder"),
+    (["--data_path", "d", "--lr_scheduler", "linear"], "invalid choice"),
+])
+def test_cli_rejects_bad_flags_with_one_line(tmp_path, flags, message):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "out"), *flags],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written before the arguments are checked
