@@ -1,0 +1,230 @@
+"""SD training-step speed on CPU: MindSpore GRAPH_MODE (mindone.train) vs a diffusers/torch step, same config.
+
+Each side runs one full text-to-image training step of the tiny SD 2.x config (configs/model/tiny.yaml,
+32 px images): frozen VAE encode (posterior sample) x 0.18215, frozen text encode, noise and timesteps,
+UNet forward + backward, MSE on eps, global-norm clipping at 1.0 and an AdamW update of the UNet. Both
+start from the same weights (a diffusers model saved to a temporary folder, loaded into MindSpore by
+mindone.convert). torch runs the loop of diffusers' train_text_to_image.py (DDPMScheduler.add_noise,
+torch.optim.AdamW, clip_grad_norm_); MindSpore runs mindone.train.TrainStep over DiffusionLoss, with
+the step's noise drawn on the host as the training script does. Each framework runs in its own process
+with the same thread count, in ``--rounds`` alternating rounds; the median step of the best round counts.
+
+``--full`` instead times one full-size SD 2.x-base step at 256 px (batch 1, random weights) in MindSpore
+GRAPH_MODE and reports its compile time, step time and peak memory (RSS). It uses plain SGD so that the
+measurement fits a shared 24 GiB machine; AdamW adds two float32 moments per UNet weight (+6.9 GB).
+
+    .venv/bin/python benchmarks/bench_train.py [--batch 8] [--steps 20] [--threads 1] [--rounds 2]
+    .venv/bin/python benchmarks/bench_train.py --full [--resolution 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=8, help="images per step (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per framework (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, incl. compile (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of each framework (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating torch/MindSpore rounds (default: %(default)s)")
+    parser.add_argument("--full", action="store_true", help="time one full-size SD 2.x-base step instead")
+    parser.add_argument("--resolution", type=int, default=256, help="image size for --full (default: %(default)s)")
+    parser.add_argument("--worker", choices=("torch", "mindspore"), help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def batch_inputs(batch: int, size: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"images": rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32),
+            "ids": rng.integers(0, 49408, (batch, 77)).astype(np.int32)}
+
+
+def time_steps(step, warmup: int, steps: int) -> tuple[float, float]:
+    """(seconds of the first call, median seconds per timed step)."""
+    start = time.perf_counter()
+    step(0)
+    first = time.perf_counter() - start
+    for i in range(1, warmup):
+        step(i)
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        step(warmup + i)
+        times.append(time.perf_counter() - start)
+    return first, float(np.median(times))
+
+
+def bench_torch(weights: str, data: dict, warmup: int, steps: int, threads: int) -> tuple[float, float, float]:
+    import diffusers
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(Path(weights) / "unet")
+    vae = diffusers.AutoencoderKL.from_pretrained(Path(weights) / "vae")
+    text = transformers.CLIPTextModel.from_pretrained(Path(weights) / "text_encoder")
+    vae.requires_grad_(False)
+    text.requires_grad_(False)
+    unet.train()
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                    beta_schedule="scaled_linear")
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, weight_decay=1e-2)
+    images, ids = torch.from_numpy(data["images"]), torch.from_numpy(data["ids"].astype(np.int64))
+    last = {}
+
+    def step(_: int) -> None:
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.sample() * 0.18215
+            context = text(ids)[0]
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (latents.shape[0],))
+        pred = unet(sched.add_noise(latents, noise, t), t, context).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        last["loss"] = float(loss.detach())
+
+    first, per_step = time_steps(step, warmup, steps)
+    return first, per_step, last["loss"]
+
+
+def mindspore_step(model, optimizer, data: dict, latent: tuple[int, int, int]):
+    """A callable running one mindone training step on ``data`` (the training script's inner loop)."""
+    import mindspore as ms
+
+    from mindone.diffusion.schedule import NoiseSchedule
+    from mindone.train.loss import DiffusionLoss, sample_step_noise
+    from mindone.train.train_step import TrainStep
+
+    train_step = TrainStep(DiffusionLoss(model, NoiseSchedule()), optimizer, None, 1, 1.0, None)
+    images, ids = ms.Tensor(data["images"]), ms.Tensor(data["ids"])
+    last = {}
+
+    def step(i: int) -> None:
+        n = sample_step_noise(0, 0, i, 0, data["images"].shape[0], latent)
+        out = train_step(images, ids, ms.Tensor(n.noise), ms.Tensor(n.posterior_noise), ms.Tensor(n.timesteps))
+        last["loss"] = out.loss
+
+    return step, last
+
+
+def freeze_all_but_unet(model) -> None:
+    for name, param in model.parameters_and_names():
+        param.requires_grad = name.startswith("model.diffusion_model.")
+
+
+def bench_mindspore(weights: str, data: dict, warmup: int, steps: int, threads: int) -> tuple[float, float, float]:
+    import mindspore as ms
+
+    from mindone.convert import load_sd_weights
+    from mindone.models.config import build_model, load_model_config
+    from mindone.train.loss import latent_shape
+    from mindone.train.optim import build_optimizer
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.device_context.cpu.op_tuning.threads_num(threads)
+    cfg = load_model_config("tiny")
+    model = build_model(cfg)
+    load_sd_weights(model, weights)
+    freeze_all_but_unet(model)
+    optimizer = build_optimizer(model.trainable_params(), [1e-4] * (warmup + steps + 1), weight_decay=1e-2)
+    step, last = mindspore_step(model, optimizer, data, latent_shape(cfg, data["images"].shape[-1]))
+    first, per_step = time_steps(step, warmup, steps)
+    return first, per_step, last["loss"]
+
+
+def bench_full(resolution: int) -> None:
+    import mindspore as ms
+    from mindspore import nn
+
+    from mindone.models.config import build_model, load_model_config
+    from mindone.train.loss import latent_shape
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    cfg = load_model_config("v2-base-512-eps")
+    start = time.perf_counter()
+    model = build_model(cfg)
+    freeze_all_but_unet(model)
+    built = time.perf_counter() - start
+    optimizer = nn.SGD(model.trainable_params(), learning_rate=1e-5)
+    step, last = mindspore_step(model, optimizer, batch_inputs(1, resolution), latent_shape(cfg, resolution))
+    start = time.perf_counter()
+    step(0)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    step(1)
+    second = time.perf_counter() - start
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(f"full-size SD 2.x-base training step, {resolution} px, batch 1, MindSpore GRAPH_MODE on CPU (SGD)")
+    print(f"  build (random init): {built:.1f} s   first step (compile + run): {first:.1f} s   "
+          f"step: {second:.1f} s   peak RSS: {peak_gb:.1f} GB   loss: {last['loss']:.4f}")
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    data = batch_inputs(args.batch, 32)
+    bench = bench_torch if args.worker == "torch" else bench_mindspore
+    result = bench(args.weights, data, args.warmup, args.steps, args.threads)
+    print("RESULT " + json.dumps(dict(zip(("first", "step", "loss"), result))))
+
+
+def spawn(args: argparse.Namespace, worker: str, weights: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", worker, "--weights", weights, "--batch", str(args.batch),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode or not lines:
+        sys.exit(f"{worker} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        run_worker(args)
+        return
+    if args.full:
+        bench_full(args.resolution)
+        return
+    from mindone.convert.diffusers_reference import build_reference_models
+    from mindone.models.config import load_model_config
+
+    unet_ref, vae_ref, text_ref = build_reference_models(load_model_config("tiny"))
+    with tempfile.TemporaryDirectory() as folder:
+        for name, module in (("unet", unet_ref), ("vae", vae_ref), ("text_encoder", text_ref)):
+            module.save_pretrained(Path(folder) / name)
+        rounds = {"torch": [], "mindspore": []}
+        for _ in range(args.rounds):
+            for worker in rounds:
+                rounds[worker].append(spawn(args, worker, folder))
+    results = {worker: min(runs, key=lambda r: r["step"]) for worker, runs in rounds.items()}
+    print(f"SD training step (VAE encode + text encode + UNet fwd/bwd + clip + AdamW), tiny config, "
+          f"batch {args.batch} x 32 px, {args.threads} thread(s), best of {args.rounds} rounds of "
+          f"{args.steps} steps (median), CPU")
+    print(f"{'':30s}{'images/s':>10s}{'ms/step':>10s}{'first step s':>14s}{'last loss':>12s}")
+    for worker, label in (("torch", "diffusers/torch (eager)"), ("mindspore", "mindone MindSpore GRAPH_MODE")):
+        r = results[worker]
+        print(f"{label:30s}{args.batch / r['step']:10.1f}{r['step'] * 1e3:10.1f}{r['first']:14.2f}{r['loss']:12.4f}")
+    print(f"ratio MindSpore / torch: {results['torch']['step'] / results['mindspore']['step']:.2f}x images/s")
+
+
+if __name__ == "__main__":
+    main()
