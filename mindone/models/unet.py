@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindone.models.attention import CrossAttention
