@@ -133,11 +133,13 @@ def load_sd_weights(model, path: str | Path, use_ema: bool = False) -> dict[str,
     import mindspore as ms
 
     ldm, extra, layout = read_as_ldm(path, expected_layout(model), model_layout_config(model), use_ema)
+    count = len(ldm)
     for name, param in model.parameters_and_names():
         dtype = ms.dtype_to_nptype(param.dtype)
-        param.set_data(ms.Tensor(np.ascontiguousarray(ldm[name], dtype=dtype)))
-    logger.info("loaded %d tensors from %s (%s layout)", len(ldm), path, layout)
-    return {"source": str(path), "layout": layout, "loaded": len(ldm), "extra": extra}
+        # pop: each source array is released once copied, so peak memory stays near one model copy
+        param.set_data(ms.Tensor(np.ascontiguousarray(ldm.pop(name), dtype=dtype)))
+    logger.info("loaded %d tensors from %s (%s layout)", count, path, layout)
+    return {"source": str(path), "layout": layout, "loaded": count, "extra": extra}
 
 
 def save_mindspore_checkpoint(tensors: Mapping[str, np.ndarray], target: str | Path) -> None:
