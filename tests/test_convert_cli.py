@@ -134,3 +134,38 @@ def test_use_ema_takes_ldm_and_mindone_ema_copies(tiny_state, tmp_path):
     with pytest.raises(UserError, match="no EMA weights"):
         main(["--source", str(tmp_path / "plain.safetensors"), "--target", str(tmp_path / "x.ckpt"),
               "--config", "tiny", "--use_ema"])
+
+
+def test_diffusers_folder_variants_sharded_fp16_and_legacy_vae_names(tiny_state, tmp_path):
+    """A diffusers folder as found in the wild: sharded UNet, fp16-variant VAE with old attention names."""
+    import json
+
+    from mindone.convert.name_maps import build_rules, legacy_vae_name
+
+    components: dict[str, dict[str, np.ndarray]] = {"unet": {}, "vae": {}, "text_encoder": {}}
+    for name, rule in build_rules(list(tiny_state), load_model_config("tiny")["model"]).items():
+        for source, array in rule.inverse(tiny_state[name]).items():
+            component, key = legacy_vae_name(source).split("/", 1)
+            components[component][key] = array
+    folder = tmp_path / "sd-tiny"
+    unet_keys = sorted(components["unet"])
+    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": unet_keys[::2],
+              "diffusion_pytorch_model-00002-of-00002.safetensors": unet_keys[1::2]}
+    for shard, keys in shards.items():
+        write_safetensors(folder / "unet" / shard, {k: components["unet"][k] for k in keys})
+    (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}))
+    vae16 = {k: a.astype(np.float16) for k, a in components["vae"].items()}
+    assert any(k.endswith("attentions.0.query.weight") for k in vae16)
+    write_safetensors(folder / "vae" / "diffusion_pytorch_model.fp16.safetensors", vae16)
+    write_safetensors(folder / "text_encoder" / "model.safetensors", components["text_encoder"])
+    model = fresh_tiny()
+    report = load_sd_weights(model, folder)
+    assert report["layout"] == "diffusers" and report["extra"] == []
+    for name, param in model.parameters_and_names():
+        expected = tiny_state[name].astype(np.float16).astype(np.float32) if name.startswith("first_stage_model.") \
+            else tiny_state[name]
+        np.testing.assert_array_equal(param.asnumpy(), expected)
+    (folder / "vae" / "diffusion_pytorch_model.fp16.safetensors").unlink()
+    with pytest.raises(UserError, match="vae: no weights file"):
+        load_sd_weights(fresh_tiny(), folder)
