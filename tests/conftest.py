@@ -14,6 +14,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("GLOG_v", "3")
 
 
+def pytest_configure(config):
+    # MindSpore fixes its device once the first kernel has run; setting it here, before any test,
+    # makes the fixtures' own ms.set_device("CPU") calls no-ops whatever order the tests run in.
+    import mindspore as ms
+
+    ms.set_device("CPU")
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
