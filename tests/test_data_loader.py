@@ -224,3 +224,15 @@ def test_ranks_from_the_environment_in_separate_processes(uneven_clean):
     assert sorted(keys[0] + keys[1]) == sorted(uneven_clean.good_keys)
     assert keys[1] == [x["key"] for x in epoch_of(stream(uneven_clean.root, rank=1, world_size=2, seed=0,
                                                          shuffle_buffer=1000))]
+
+
+@pytest.mark.timeout(120)
+def test_one_small_shard_split_over_two_ranks_pads_with_real_samples(tmp_path):
+    # 5 samples, 2 ranks x batch 3: the pad policy makes a rank wrap back into the same shard.
+    make_clean_dataset(tmp_path, num_shards=1, per_shard=5)
+    streams = [stream(tmp_path, batch_size=3, rank=r, world_size=2, num_workers=0, uneven="pad") for r in range(2)]
+    per_rank = [epoch_of(s) for s in streams]
+    assert [len(x) for x in per_rank] == [3, 3]
+    assert all(s.last_epoch_counts["truncated_shard"] == 0 for s in streams)  # the repeat is read, not refilled
+    keys = [x["key"] for rank in per_rank for x in rank]
+    assert set(keys) == {f"{i:09d}" for i in range(5)}  # every sample seen, the sixth is a repeat

@@ -172,3 +172,12 @@ def test_packed_strings_round_trip():
     a, b = PackedStrings(["x", "", "café ü"]), PackedStrings(["last"])
     both = PackedStrings.concat([a, b])
     assert len(both) == 4 and [both[i] for i in range(4)] == ["x", "", "café ü", "last"]
+
+
+def test_indices_that_go_back_or_repeat_are_read_in_the_order_asked(tmp_path):
+    # A plan that wraps around a small dataset asks for [3, 4, 0]; padding can repeat an index.
+    make_clean_dataset(tmp_path, num_shards=1, per_shard=5)
+    shard = str(tmp_path / "part_1" / "00000.tar")
+    got = list(read_samples(shard, [3, 4, 0, 0, 2]))
+    assert [i for i, _ in got] == [3, 4, 0, 0, 2]
+    assert [s.key for _, s in got] == ["000000003", "000000004", "000000000", "000000000", "000000002"]

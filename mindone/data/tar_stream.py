@@ -68,14 +68,37 @@ def open_shard(url: str) -> Iterator[tuple[IO[bytes], bool]]:
             yield fh, True
 
 
-def read_samples(url: str, wanted: Sequence[int], retries: int | None = None) -> Iterator[tuple[int, RawSample | str]]:
-    """Yield ``(index, RawSample)`` for each wanted sample index (ascending), or ``(index, reason)``.
+def ascending_runs(wanted: Sequence[int]) -> list[list[int]]:
+    """Split ``wanted`` into strictly ascending runs: ``[3, 4, 0, 0, 1]`` -> ``[[3, 4], [0], [0, 1]]``.
 
-    Remote sources (URL, ``pipe:``) that fail are reopened up to ``retries`` times (default
-    ``REMOTE_RETRIES``), resuming after the last sample delivered; local files are not retried.
-    Indices the shard does not have (short or truncated tar) come out with reason ``truncated_shard``;
-    when the shard cannot be opened at all, every index comes out with ``unreadable_shard``.
+    A plan that wraps around a small dataset asks for the same shard twice (or a sample twice); each run
+    is one pass over the tar.
     """
+    runs: list[list[int]] = []
+    for index in wanted:
+        index = int(index)
+        if not runs or index <= runs[-1][-1]:
+            runs.append([])
+        runs[-1].append(index)
+    return runs
+
+
+def read_samples(url: str, wanted: Sequence[int], retries: int | None = None) -> Iterator[tuple[int, RawSample | str]]:
+    """Yield ``(index, RawSample)`` for each wanted sample index, in the order asked, or ``(index, reason)``.
+
+    Indices may repeat or go back (a plan that wraps around the dataset): each ascending run of them is
+    one pass over the shard. Remote sources (URL, ``pipe:``) that fail are reopened up to ``retries``
+    times (default ``REMOTE_RETRIES``), resuming after the last sample delivered; local files are not
+    retried. Indices the shard does not have (short or truncated tar) come out with reason
+    ``truncated_shard``; when the shard cannot be opened at all, every index comes out with
+    ``unreadable_shard``.
+    """
+    for run in ascending_runs(wanted):
+        yield from _read_run(url, run, retries)
+
+
+def _read_run(url: str, wanted: Sequence[int], retries: int | None) -> Iterator[tuple[int, RawSample | str]]:
+    """:func:`read_samples` for one strictly ascending run of indices."""
     if retries is None:
         retries = REMOTE_RETRIES if url.startswith(("http://", "https://", "pipe:")) else 0
     done, attempt = 0, 0
