@@ -128,16 +128,68 @@ def test_cli_writes_stats_and_leaves_out_bad_shards(tmp_path):
     assert list(pd.read_csv(tmp_path / "part_2_stats.csv")["file_path"]) == ["part_2/00000.tar"]
     assert pd.read_csv(tmp_path / "all_stats.csv")["num_samples"].tolist() == [7, 4, 3]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
-    # --strict: the same problems are fatal, one line, and the bad part's csv is not rewritten
-    before = (tmp_path / "part_1_stats.csv").read_bytes()
+    # --strict: the same problems are fatal, one line; the bad part gets no csv, and its earlier one (listing
+    # shards the scan rejects now or may reject) is removed rather than left for a loader to read
+    proc = run_tool("--data_dir", str(tmp_path), "--strict", "--all_stats", check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("laion_gen_data_stats.py: error: 3 shard(s) left out")
+    assert "no stats csv for part(s) 1 (removed the earlier" in last and "part_1_stats.csv" in last and "all_stats.csv" in last
+    assert not (tmp_path / "part_1_stats.csv").exists() and not (tmp_path / "all_stats.csv").exists()
+    assert list(pd.read_csv(tmp_path / "part_2_stats.csv")["file_path"]) == ["part_2/00000.tar"]  # clean part: written
     proc = run_tool("--data_dir", str(tmp_path), "--strict", check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("laion_gen_data_stats.py: error: 3 shard(s) left out")
-    assert (tmp_path / "part_1_stats.csv").read_bytes() == before
+    assert proc.returncode == 2 and "no stats csv for part(s) 1 (none existed)" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_part_that_lost_its_good_shards_gets_a_csv_listing_none(tmp_path):
+    """The csv reflects the current scan: a part with no good shard left must not keep its old list."""
+    from mindone.data.annotations import read_shard_list, resolve_annotation_files
+    from mindone.utils.cli import UserError
+
+    shards = [write_shard(tmp_path / "part_1", i, good(4)) for i in range(2)]
+    write_shard(tmp_path / "part_2", 0, good(3))
+    run_tool("--data_dir", str(tmp_path))
+    assert pd.read_csv(tmp_path / "part_1_stats.csv")["num_samples"].tolist() == [4, 4]
+    for shard in shards:  # both shards go bad after the first scan
+        shard.write_bytes(shard.read_bytes()[:2000])
+    proc = run_tool("--data_dir", str(tmp_path))
+    assert "part 1: no complete tar shard" in proc.stderr
+    stats1 = pd.read_csv(tmp_path / "part_1_stats.csv")
+    assert list(stats1.columns) == ["file_path", "num_samples"] and len(stats1) == 0  # header only
+    # the loader skips the empty part, and stops with one line when it is all there is
+    listed = read_shard_list(resolve_annotation_files(tmp_path, "webdataset"))
+    assert listed.urls == [str((tmp_path / "part_2" / "00000.tar").resolve())] and listed.num_samples == 3
+    with pytest.raises(UserError, match="no shard with samples"):
+        read_shard_list(resolve_annotation_files(tmp_path, "webdataset", parts=[1]))
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_filtered_csv_lists_only_this_scans_shards(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "filtered"
+    write_shard(data / "part_1", 0, good(4, AESTHETIC_SCORE=6.0))
+    second = write_shard(data / "part_1", 1, good(3, AESTHETIC_SCORE=6.0))
+    flags = ("--data_dir", str(data), "--min_aesthetic", "5", "--filtered_output_dir", str(out))
+    run_tool(*flags)
+    assert pd.read_csv(out / "part_1_stats.csv")["file_path"].tolist() == ["part_1/00000.tar", "part_1/00001.tar"]
+    second.write_bytes(second.read_bytes()[:2000])  # the source shard goes bad: its old filtered copy is stale
+    run_tool(*flags)
+    assert pd.read_csv(out / "part_1_stats.csv")["file_path"].tolist() == ["part_1/00000.tar"]
+    for shard in (data / "part_1").glob("*.tar"):
+        shard.unlink()
+    run_tool(*flags)
+    assert len(pd.read_csv(out / "part_1_stats.csv")) == 0 and len(pd.read_csv(data / "part_1_stats.csv")) == 0
 
 
 def test_bad_data_dir_is_one_line(tmp_path):
     proc = run_tool("--data_dir", str(tmp_path / "nope"), check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "is not a folder" in proc.stderr
+
+
+def test_missing_part_is_one_line_naming_it(tmp_path):
+    write_shard(tmp_path / "part_1", 0, good(2))
+    proc = run_tool("--data_dir", str(tmp_path), "--parts", "1", "99", "7", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and f"--parts: no folder part_99, part_7 in {tmp_path}" in lines[0]
+    assert not (tmp_path / "part_1_stats.csv").exists()
 
 
 def test_post_download_filters_write_filtered_shards(tmp_path):

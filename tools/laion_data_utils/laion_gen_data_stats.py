@@ -4,6 +4,12 @@ num_samples is counted from each tar's headers (samples with both an image and a
 checked against the shard's _stats.json; a shard that is unfinished, truncated, unreadable or disagrees
 with its _stats.json is reported and left out (--strict makes that an error).
 
+Each run replaces (atomically) the csv of every part it scans, so the csv always reflects this scan: a
+part with no good shard left gets a header-only csv, which the training loader skips (and a loader given
+only such parts stops with one line, "no shard with samples"). With --strict, a part holding a shard
+that has to be left out gets no csv at all: its existing part_<id>_stats.csv (and all_stats.csv, with
+--all_stats) is removed, and the error line names what was removed.
+
 Post-download filters (--min_size, --min_aesthetic, ...) need --filtered_output_dir F: the samples whose
 json passes are copied into F/part_<id>/ shards, with F/part_<id>_stats.csv. Train on F and the counts are
 exact. (Or keep D and give the training loader the same thresholds: build_dataset(filters=...).)
@@ -21,7 +27,7 @@ from tqdm import tqdm
 
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
 
-from laion_utils.annotations import PartStats, find_part_dirs, tar_part_stats, write_csv
+from laion_utils.annotations import PartStats, remove_stale, select_parts, tar_part_stats, write_csv
 from laion_utils.sample_filters import add_filter_arguments, describe, filters_from_args
 from laion_utils.shard_filter import filter_shard
 
@@ -33,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", required=True, help="folder holding the part_<id> folders of a download")
     parser.add_argument("--parts", nargs="*", help="only these part ids (default: every part_<id> folder)")
-    parser.add_argument("--strict", action="store_true", help="exit with an error if any shard has to be left out")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with an error if any shard has to be left out; such a part gets no csv: its "
+                        "existing part_<id>_stats.csv (and all_stats.csv with --all_stats) is removed, never kept stale")
     parser.add_argument("--all_stats", action="store_true", help="also write all_stats.csv covering every part")
     parser.add_argument("--workers", type=int, default=8, help="shards checked at once (I/O-bound on cold or network disks)")
     parser.add_argument("--filtered_output_dir", help="with filters: write the passing samples as new shards here")
@@ -58,38 +66,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.filtered_output_dir) if args.filtered_output_dir else None
     if out_dir is not None and out_dir.resolve() == data_dir.resolve():
         raise UserError("--filtered_output_dir must differ from --data_dir")
-    parts = find_part_dirs(data_dir)
-    if args.parts:
-        wanted = set(args.parts)
-        parts = [p for p in parts if p[0] in wanted]
-        missing = wanted - {p[0] for p in parts}
-        if missing:
-            raise UserError(f"--parts: no folder {data_dir}/part_{sorted(missing)[0]}")
-    if not parts:
-        raise UserError(f"--data_dir {data_dir} has no part_<id> folders")
+    parts = select_parts(data_dir, args.parts)
     all_rows: dict[Path, list[tuple[str, int]]] = {data_dir: [], **({out_dir: []} if out_dir else {})}
     problems: list[str] = []
     reasons: Counter = Counter()
+    withheld: list[str] = []  # --strict: parts left without a csv
+    removed: list[str] = []  # stale csvs deleted for them
     for part_id, part_dir in tqdm(parts, desc="parts", unit="part"):
         stats = tar_part_stats(data_dir, part_dir, args.workers)
         for line in stats.problems:
             logger.warning(line)
         problems += stats.problems
         if args.strict and stats.problems:
-            continue  # nothing is written for a part that is not clean
-        if not stats.rows:
-            logger.warning("part %s: no complete tar shard, no stats csv written", part_id)
+            # nothing is written for a part that is not clean, and an earlier csv of it must not outlive the scan
+            withheld.append(part_id)
+            for root in all_rows:
+                if remove_stale(root / f"part_{part_id}_stats.csv"):
+                    removed.append(str(root / f"part_{part_id}_stats.csv"))
             continue
+        if not stats.rows:
+            logger.warning("part %s: no complete tar shard; its stats csv lists none (a loader skips the part)", part_id)
         write_part_stats(data_dir, part_id, stats)
         all_rows[data_dir] += stats.rows
         if out_dir is not None:
             for rel, _ in tqdm(stats.rows, desc=f"filter part_{part_id}", unit="shard", leave=False):
                 filter_shard(data_dir / rel, out_dir / rel, filters, reasons)
-            filtered = tar_part_stats(out_dir, out_dir / f"part_{part_id}")
+            out_part = out_dir / f"part_{part_id}"
+            # only the copies of this scan's shards: a copy left from an earlier run must not be listed
+            names = [Path(rel).name[: -len(".tar")] for rel, _ in stats.rows]
+            filtered = tar_part_stats(out_dir, out_part, only=names) if out_part.is_dir() else PartStats()
             write_part_stats(out_dir, part_id, filtered)
             all_rows[out_dir] += filtered.rows
     if args.strict and problems:
-        raise UserError(f"{len(problems)} shard(s) left out, first: {problems[0]}")
+        if args.all_stats:
+            removed += [str(root / "all_stats.csv") for root in all_rows if remove_stale(root / "all_stats.csv")]
+        fate = f"removed the earlier {', '.join(removed)}" if removed else "none existed"
+        raise UserError(f"{len(problems)} shard(s) left out, first: {problems[0]}; --strict: no stats csv for "
+                        f"part(s) {', '.join(withheld)} ({fate})")
     if args.all_stats:
         for root, rows in all_rows.items():
             write_csv(root / "all_stats.csv", HEADER, rows)

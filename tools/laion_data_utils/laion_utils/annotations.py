@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 
 from mindone.data.filters import SampleFilters
 from mindone.utils.atomic import atomic_open
+from mindone.utils.cli import UserError
 
 from laion_utils.sample_filters import passes
 from laion_utils.shard_state import check_shard, read_stats_json, scan_files_shard
@@ -40,6 +41,34 @@ def find_part_dirs(data_dir: Path) -> list[tuple[str, Path]]:
         if match and entry.is_dir():
             found.append((match.group(1), Path(entry.path)))
     return sorted(found, key=lambda p: (0, int(p[0]), "") if p[0].isdigit() else (1, 0, p[0]))
+
+
+def select_parts(data_dir: Path, wanted: Sequence[str] | None) -> list[tuple[str, Path]]:
+    """The ``part_<id>`` folders of ``data_dir``, only the ``wanted`` ids when given (``--parts``).
+
+    A wanted id without its folder is a UserError naming it (and any other missing one); so is a data
+    folder without any part folder.
+    """
+    parts = find_part_dirs(data_dir)
+    if wanted:
+        present = {pid for pid, _ in parts}
+        missing = [pid for pid in dict.fromkeys(wanted) if pid not in present]
+        if missing:
+            names = ", ".join(f"part_{pid}" for pid in missing)
+            raise UserError(f"--parts: no folder {names} in {data_dir}")
+        parts = [p for p in parts if p[0] in set(wanted)]
+    if not parts:
+        raise UserError(f"--data_dir {data_dir} has no part_<id> folders")
+    return parts
+
+
+def remove_stale(path: Path) -> bool:
+    """Delete ``path`` if it exists (a csv an earlier run wrote); True when something was removed."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
@@ -62,16 +91,20 @@ class PartStats:
         return sum(n for _, n in self.rows)
 
 
-def tar_part_stats(data_dir: Path, part_dir: Path, workers: int = 8) -> PartStats:
+def tar_part_stats(data_dir: Path, part_dir: Path, workers: int = 8, only: Iterable[str] | None = None) -> PartStats:
     """Count the complete samples of every finished tar shard in ``part_dir`` (headers only).
 
     A shard is left out, with a line in ``problems``, when its ``_stats.json`` is missing (unfinished), its
     tar is truncated or unreadable, or the images it holds differ from the ``successes`` it reports.
     Shards are checked by ``workers`` threads: on a cold or network disk the small header reads wait on
-    I/O (outside the GIL), so several shards in flight keep the device busy.
+    I/O (outside the GIL), so several shards in flight keep the device busy. ``only``: shard names
+    (``00000``) to consider, the others in the folder are ignored.
     """
     result = PartStats()
     names = sorted(m.group(1) for m in map(_SHARD_TAR.match, os.listdir(part_dir)) if m)
+    if only is not None:
+        keep = set(only)
+        names = [n for n in names if n in keep]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         checks = pool.map(lambda name: check_shard(part_dir, name, "webdataset"), names)
         for name, check in zip(names, checks, strict=True):
