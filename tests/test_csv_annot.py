@@ -67,7 +67,34 @@ def test_filters_and_strict(tmp_path):
     assert pd.read_csv(tmp_path / "part_1.csv")["text"].tolist() == ["c0"]
     write_files_shard(tmp_path / "part_1", 1, [{"txt": "x"}], stats=False)
     proc = run_tool("--data_dir", str(tmp_path), "--strict")
-    assert proc.returncode == 2 and "error: 1 shard(s) left out" in proc.stderr.strip().splitlines()[-1]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "error: 1 shard(s) left out" in last
+    assert "no csv for part(s) 1 (removed the earlier" in last and not (tmp_path / "part_1.csv").exists()
+
+
+def test_missing_part_is_one_line_naming_it(tmp_path):
+    write_files_shard(tmp_path / "part_1", 0, [{"txt": "a"}])
+    proc = run_tool("--data_dir", str(tmp_path), "--parts", "1", "99")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == f"laion_gen_csv_annot.py: error: --parts: no folder part_99 in {tmp_path}"
+    assert not (tmp_path / "part_1.csv").exists()  # nothing written for the parts that do exist
+
+
+def test_part_with_no_sample_left_gets_a_header_only_csv(tmp_path):
+    from mindone.data.annotations import read_files_annotations, resolve_annotation_files
+
+    write_files_shard(tmp_path / "part_1", 0, [{"txt": "a"}, {"txt": "b"}])
+    write_files_shard(tmp_path / "part_2", 0, [{"txt": "c"}])
+    assert run_tool("--data_dir", str(tmp_path)).returncode == 0
+    assert len(pd.read_csv(tmp_path / "part_1.csv")) == 2
+    (tmp_path / "part_1" / "00000_stats.json").unlink()  # the shard is no longer a finished one
+    proc = run_tool("--data_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    annot = pd.read_csv(tmp_path / "part_1.csv")
+    assert list(annot.columns) == ["dir", "text"] and len(annot) == 0
+    loaded = read_files_annotations(resolve_annotation_files(tmp_path, "files"))  # the loader skips the empty part
+    assert list(loaded.captions) == ["c"]
 
 
 def test_missing_data_dir(tmp_path):
