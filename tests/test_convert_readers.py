@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -107,3 +108,110 @@ def test_non_zip_pickles_are_refused_with_one_line(tmp_path):
     (tmp_path / "old.ckpt").write_bytes(pickle.dumps({"w": 1}))
     with pytest.raises(UserError, match="old.ckpt: not a PyTorch zip checkpoint"):
         read_torch_checkpoint(tmp_path / "old.ckpt")
+
+
+class _Global:
+    """A module-level name written into a pickle as is (``torch._utils._rebuild_tensor_v2`` without torch)."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # pickle only checks that a reduce function is callable
+        raise NotImplementedError
+
+
+class _Tensor:
+    """Pickles the way torch.save writes a tensor, with whatever offset, size and stride the test wants."""
+
+    def __init__(self, key: str, numel: int, offset, size, stride):
+        self.key, self.numel, self.offset, self.size, self.stride = key, numel, offset, size, stride
+
+    def __reduce__(self):
+        storage = ("storage", _Global("torch", "FloatStorage"), self.key, "cpu", self.numel)
+        return (_Global("torch._utils", "_rebuild_tensor_v2"),
+                (_PersistentId(storage), self.offset, self.size, self.stride, False, OrderedDict()))
+
+
+class _PersistentId:
+    def __init__(self, pid: tuple):
+        self.pid = pid
+
+
+class _TorchStylePickler(pickle._Pickler):  # the pure-Python pickler: its dispatch table can be extended
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_global(self, obj: _Global) -> None:
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+
+    dispatch[_Global] = _save_global
+
+    def persistent_id(self, obj):
+        return obj.pid if isinstance(obj, _PersistentId) else None
+
+
+def write_torch_style_zip(path, state: dict, storages: dict[str, np.ndarray | bytes]) -> None:
+    """A torch.save-layout zip (``archive/data.pkl`` + ``archive/data/<key>``) holding ``state``."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    _TorchStylePickler(buffer, protocol=2).dump(state)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/byteorder", "little")
+        archive.writestr("archive/version", "3\n")
+        for key, array in storages.items():
+            raw = array if isinstance(array, bytes) else np.ascontiguousarray(array, np.float32).tobytes()
+            archive.writestr(f"archive/data/{key}", raw)
+
+
+def test_crafted_writer_matches_torch_and_valid_geometry_reads_back(tmp_path):
+    base = np.arange(12, dtype=np.float32)
+    state = {"rows": _Tensor("0", 12, 4, (2, 3), (3, 1)), "transposed": _Tensor("0", 12, 0, (4, 3), (1, 4)),
+             "broadcast": _Tensor("0", 12, 11, (2, 5), (0, 0)), "empty": _Tensor("0", 12, 12, (0, 7), (7, 1)),
+             "last": _Tensor("0", 12, 11, (1,), (1,))}
+    write_torch_style_zip(tmp_path / "ok.ckpt", state, {"0": base})
+    expected = {"rows": base[4:10].reshape(2, 3), "transposed": base.reshape(3, 4).T,
+                "broadcast": np.full((2, 5), 11, np.float32), "empty": np.zeros((0, 7), np.float32),
+                "last": np.array([11], np.float32)}
+    got = read_torch_checkpoint(tmp_path / "ok.ckpt")
+    for name, array in expected.items():
+        assert got[name].shape == array.shape and np.array_equal(got[name], array), name
+    try:
+        import torch
+    except ImportError:
+        return
+    loaded = torch.load(tmp_path / "ok.ckpt", weights_only=True)  # the crafted layout is the real one
+    assert all(np.array_equal(loaded[n].numpy(), a) for n, a in expected.items())
+
+
+@pytest.mark.parametrize("offset, size, stride, problem", [
+    (0, (3, 3), (1, 3), "reach past the end of the storage"),  # strided, max index 8 of 6
+    (5, (2, 2), (1, 2), "reach past the end of the storage"),  # strided, offset pushes it out
+    (4, (3,), (1,), "reach past the end of the storage"),  # contiguous: offset + numel = 7 > 6
+    (6, (1,), (1,), "reach past the end of the storage"),  # a single element just past the end
+    (0, (1 << 62, 1 << 62), (1 << 62, 1), "reach past the end of the storage"),  # would overflow int64
+    (-2, (2,), (1,), "negative storage offset, size or stride"),
+    (3, (2, 2), (-1, 1), "negative storage offset, size or stride"),
+    (0, (2, -1), (1, 1), "negative storage offset, size or stride"),
+    (0, (2, 2), (1,), "2 sizes but 1 strides"),
+    (0.5, (2,), (1,), "must be integers"),
+])
+def test_tensor_geometry_outside_the_storage_is_refused(tmp_path, offset, size, stride, problem):
+    write_torch_style_zip(tmp_path / "crafted.ckpt", {"ok": _Tensor("0", 6, 0, (6,), (1,)),
+                                                      "bad": _Tensor("1", 6, offset, size, stride)},
+                          {"0": np.zeros(6), "1": np.zeros(6)})
+    message = rf"crafted\.ckpt: cannot read torch checkpoint \(tensor on storage record data/1: .*{problem}"
+    with pytest.raises(UserError, match=message):
+        read_torch_checkpoint(tmp_path / "crafted.ckpt")
+    from mindone.convert.sources import read_source
+
+    with pytest.raises(UserError, match=message):  # with torch installed: torch.load fails, then the same error
+        read_source(tmp_path / "crafted.ckpt")
+
+
+def test_storage_record_of_partial_elements_is_refused(tmp_path):
+    write_torch_style_zip(tmp_path / "cut.ckpt", {"w": _Tensor("0", 2, 0, (1,), (1,))}, {"0": b"\x00" * 7})
+    with pytest.raises(UserError, match=r"cut\.ckpt: .*storage record data/0: 7 bytes, not a whole number of "
+                                        r"FloatStorage elements"):
+        read_torch_checkpoint(tmp_path / "cut.ckpt")

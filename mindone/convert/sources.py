@@ -47,6 +47,11 @@ def _torch_load(path: Path) -> Any:
         logger.info("%s: torch weights-only load refused non-tensor objects (%s); using the restricted reader",
                     path, str(err).splitlines()[0][:120])
         return read_torch_checkpoint(path)
+    except (RuntimeError, TypeError, ValueError) as err:
+        # e.g. a tensor reaching outside its storage: the restricted reader names the record and the file
+        logger.debug("%s: torch.load failed (%s); retrying with the restricted reader",
+                     path, str(err).splitlines()[0][:120] if str(err) else type(err).__name__)
+        return read_torch_checkpoint(path)
     return _torch_to_numpy(obj)
 
 

@@ -9,6 +9,7 @@ global into an inert placeholder (e.g. a PyTorch Lightning callback object store
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -69,20 +70,61 @@ def _opaque_class(qualname: str) -> type:
 
 
 class Storage:
-    """One storage record: its flat array and whether the raw elements are bfloat16 bit patterns."""
+    """One storage record: its flat array, its record key and whether the elements are bfloat16 bit patterns."""
 
-    def __init__(self, array: np.ndarray, bf16: bool):
+    def __init__(self, array: np.ndarray, bf16: bool, key: str = "?"):
         self.array = array
         self.bf16 = bf16
+        self.key = key
+
+
+class InvalidTensor(ValueError):
+    """A tensor whose storage offset, sizes or strides do not fit its storage (a corrupt or crafted file)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_geometry(storage: Any, offset: Any, size: Any, stride: Any) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """(size, stride, numel) once they are known to address only elements inside ``storage``.
+
+    The file gives offset, sizes and strides; unchecked, ``as_strided`` would read memory outside the
+    storage buffer. Every element index ``offset + sum(i_k * stride_k)`` must lie in the storage, i.e.
+    the largest, ``offset + sum((size_k - 1) * stride_k)``, must be below its length (Python ints:
+    no overflow). For a contiguous tensor that is ``offset + numel <= length``. Tensors with no
+    elements read nothing and need only non-negative numbers.
+    """
+    if not isinstance(storage, Storage):
+        raise InvalidTensor(f"tensor built from a {type(storage).__name__}, not a storage record")
+    where = f"tensor on storage record data/{storage.key}"
+    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and _is_int(offset)
+            and all(_is_int(v) for v in (*size, *stride))):
+        raise InvalidTensor(f"{where}: storage offset, sizes and strides must be integers "
+                            f"(got offset {offset!r:.40}, size {size!r:.80}, stride {stride!r:.80})")
+    size, stride = tuple(size), tuple(stride)
+    if len(size) != len(stride):
+        raise InvalidTensor(f"{where}: {len(size)} sizes but {len(stride)} strides")
+    if offset < 0 or any(v < 0 for v in (*size, *stride)):
+        raise InvalidTensor(f"{where}: negative storage offset, size or stride "
+                            f"(offset {offset}, size {size}, stride {stride})")
+    numel = math.prod(size)
+    length = len(storage.array)
+    if numel and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= length:
+        raise InvalidTensor(f"{where}: offset {offset}, size {size}, stride {stride} reach past the end of "
+                            f"the storage ({length} elements); the file is corrupt or crafted")
+    return size, stride, numel
 
 
 def _rebuild_tensor(storage: Storage, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
-    """``torch._utils._rebuild_tensor_v2``: a view of the storage (copied only when not a plain reshape)."""
+    """``torch._utils._rebuild_tensor_v2``: a view of the storage (copied only when not a plain reshape).
+
+    Raises InvalidTensor when offset, sizes or strides address elements outside the storage.
+    """
+    size, stride, numel = _check_geometry(storage, offset, size, stride)
     flat = storage.array
-    size = tuple(size)
-    numel = int(np.prod(size, dtype=np.int64))
-    contiguous = tuple(int(np.prod(size[i + 1:], dtype=np.int64)) for i in range(len(size)))
-    if tuple(stride) == contiguous or numel <= 1:
+    contiguous = tuple(math.prod(size[i + 1:]) for i in range(len(size)))
+    if stride == contiguous or numel <= 1:
         array = flat[offset:offset + numel].reshape(size)
     else:
         itemsize = flat.dtype.itemsize
@@ -120,8 +162,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         storage_type, key = pid[1], str(pid[2])
         if key not in self._storages:
             raw = self._archive.read(f"{self._root}/data/{key}")
+            if len(raw) % storage_type.dtype.itemsize:
+                raise InvalidTensor(f"storage record data/{key}: {len(raw)} bytes, not a whole number of "
+                                    f"{storage_type.name} elements")
             self._storages[key] = Storage(np.frombuffer(raw, dtype=storage_type.dtype),
-                                          storage_type.name == "BFloat16Storage")
+                                          storage_type.name == "BFloat16Storage", key)
         return self._storages[key]
 
 
