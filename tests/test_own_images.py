@@ -117,3 +117,71 @@ def test_training_loader_reads_what_the_tools_write(tmp_path):
     annot = read_files_annotations(resolve_annotation_files(files, "files"))
     assert len(annot) == 5 and all(Path(p).is_file() for p in annot.paths)
     assert list(annot.captions) == [f"cap {i}" for i in range(5)]
+
+
+# A run killed (os._exit: no cleanup runs, as with SIGKILL) at one of these points of the tool.
+_KILL_AT = {
+    "building": "write_shards",  # before any new shard exists
+    "built": "write_shards:after",  # every new shard written, not yet swapped in
+    "swapped": "write_csv",  # the new part in place, its csv not yet written
+}
+_KILLED_RUN = """
+import os, sys
+sys.path[:0] = [{repo!r}, {tools!r}]
+import make_dataset_from_images as tool
+name, when = {target!r}.partition(":")[::2]
+real = getattr(tool, name)
+def killed(*args, **kwargs):
+    if when == "after":
+        real(*args, **kwargs)
+    os._exit(137)
+setattr(tool, name, killed)
+tool.main({argv!r})
+"""
+
+
+def listed_files_exist(out: Path) -> list[str]:
+    """Problems with the csvs of ``out``: a listed file that is missing, or a count the tar does not hold."""
+    problems = []
+    for csv_path in out.glob("part_*.csv"):
+        frame = pd.read_csv(csv_path, keep_default_na=False)
+        column = "file_path" if "file_path" in frame.columns else "dir"
+        for i, rel in enumerate(frame[column]):
+            if not (out / rel).is_file():
+                problems.append(f"{csv_path.name}: {rel} missing")
+            elif column == "file_path" and len(tar_samples(out / rel)) != frame["num_samples"][i]:
+                problems.append(f"{csv_path.name}: {rel} holds another count")
+    return problems
+
+
+@pytest.mark.parametrize("kill_at", sorted(_KILL_AT))
+@pytest.mark.parametrize("second_format", ["webdataset", "files"])
+def test_rebuild_killed_at_any_point_leaves_no_csv_pointing_at_missing_shards(tmp_path, kill_at, second_format):
+    src = tmp_path / "imgs"
+    for i, name in enumerate(make_images(src, 5)):
+        (src / name).with_suffix(".txt").write_text(f"caption {i}")
+    out = tmp_path / "data"
+    first = run_tool("--image_dir", str(src), "--output_dir", str(out), "--samples_per_shard", "1")  # 5 shards
+    assert first.returncode == 0, first.stderr
+    before = (out / "part_1_stats.csv").read_bytes()
+    argv = ["--image_dir", str(src), "--output_dir", str(out), "--samples_per_shard", "3", "--output_format", second_format]
+    code = _KILLED_RUN.format(repo=str(REPO), tools=str(TOOL.parent), target=_KILL_AT[kill_at], argv=argv)
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 137, killed.stderr
+    assert listed_files_exist(out) == []
+    if kill_at != "swapped":  # not swapped in yet: the old part and its csv are still whole and usable
+        assert (out / "part_1_stats.csv").read_bytes() == before
+    # a rerun completes and sweeps what the killed run left
+    proc = run_tool(*argv)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["part_1", "part_1.csv" if second_format == "files" else "part_1_stats.csv"]
+    assert listed_files_exist(out) == []
+
+
+def test_image_dir_inside_the_part_it_would_replace_is_refused(tmp_path):
+    src = tmp_path / "data" / "part_1" / "raw"
+    for i, name in enumerate(make_images(src, 2)):
+        (src / name).with_suffix(".txt").write_text(f"caption {i}")
+    proc = run_tool("--image_dir", str(src), "--output_dir", str(tmp_path / "data"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "which this run replaces" in proc.stderr
+    assert len(list(src.iterdir())) == 4  # the images are untouched

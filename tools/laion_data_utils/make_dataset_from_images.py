@@ -6,19 +6,24 @@ Captions: metadata.jsonl ({"file_name", "text"} per line), metadata.csv (file_na
 each image. Output: data/part_1/00000.tar ... + data/part_1_stats.csv (webdataset), or data/part_1/00000/
 ... + data/part_1.csv (files). Train with --dataset_type webdataset|files on data/ as with LAION. Images
 without a caption (or with an empty one) and unreadable images are skipped and counted.
+
+Rerunning replaces the part: the new shards are built in a hidden folder beside it and swapped in at the
+end, the old csv removed just before the swap, so a run killed at any point leaves either the old part
+with its csv or no csv at all, never a csv pointing at shards that are gone.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from pathlib import Path
 from typing import Sequence
 
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
 
 from laion_utils.annotations import files_part_annotations, tar_part_stats, write_csv
-from laion_utils.own_images import clear_part, collect_samples, merge_counts, write_shards
+from laion_utils.own_images import build_dir_for, collect_samples, merge_counts, publish_part, sweep_leftovers, write_shards
 
 logger = logging.getLogger("make_dataset_from_images")
 
@@ -35,6 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def checked_rows(out: Path, build_dir: Path, output_format: str) -> list[tuple[str, object]]:
+    """The csv rows of the shards just written (paths relative to ``out``); UserError if one does not check out."""
+    if output_format == "webdataset":
+        scanned = tar_part_stats(out, build_dir)
+        problems, rows = scanned.problems, scanned.rows
+    else:
+        annot = files_part_annotations(out, build_dir)
+        problems, rows = annot.problems, annot.rows
+    if problems:
+        raise UserError(f"written shards do not check out: {problems[0]}")
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_cli_logging()
@@ -45,20 +63,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not collected.samples:
         raise UserError(f"--image_dir {image_dir}: no captioned image found (skipped: {merge_counts(collected.skipped) or 'none'})")
     part_dir = out / f"part_{args.part_id}"
-    clear_part(part_dir)
-    write_skips = write_shards(collected.samples, part_dir, args.output_format, args.samples_per_shard, args.image_size, image_dir)
+    if image_dir.resolve().is_relative_to(part_dir.resolve()):
+        raise UserError(f"--image_dir {image_dir} is inside {part_dir}, which this run replaces: use another --output_dir or --part_id")
+    for leftover in sweep_leftovers(part_dir):
+        logger.info("removed %s, left by an interrupted run", leftover)
+    # Build beside the part, check, then swap it in: the old part and its csv stay usable until the swap,
+    # and the csv is removed before it (see publish_part), so a killed run never leaves a csv pointing at
+    # shards that are gone.
+    build_dir = build_dir_for(part_dir)
+    stale = [out / f"part_{args.part_id}_stats.csv", out / f"part_{args.part_id}.csv"]  # either format's csv
+    try:
+        write_skips = write_shards(collected.samples, build_dir, args.output_format, args.samples_per_shard,
+                                   args.image_size, image_dir)  # fmt: skip
+        rows = checked_rows(out, build_dir, args.output_format)
+        publish_part(build_dir, part_dir, stale)
+    except BaseException:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise
+    prefix = f"{build_dir.name}/"
+    rows = [(f"{part_dir.name}/{rel[len(prefix):]}", value) for rel, value in rows]  # paths once swapped in
     if args.output_format == "webdataset":
-        stats = tar_part_stats(out, part_dir)
-        if stats.problems:
-            raise UserError(f"written shards do not check out: {stats.problems[0]}")
-        write_csv(out / f"part_{args.part_id}_stats.csv", ("file_path", "num_samples"), stats.rows)
-        written = stats.total
+        write_csv(out / f"part_{args.part_id}_stats.csv", ("file_path", "num_samples"), rows)
+        written = sum(n for _, n in rows)
     else:
-        annot = files_part_annotations(out, part_dir)
-        if annot.problems:
-            raise UserError(f"written shards do not check out: {annot.problems[0]}")
-        write_csv(out / f"part_{args.part_id}.csv", ("dir", "text"), annot.rows)
-        written = len(annot.rows)
+        write_csv(out / f"part_{args.part_id}.csv", ("dir", "text"), rows)
+        written = len(rows)
     logger.info("%d samples -> %s; skipped: %s", written, part_dir, merge_counts(collected.skipped, write_skips) or "none")
     return 0
 

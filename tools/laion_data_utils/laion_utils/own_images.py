@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from mindone.utils.atomic import atomic_path, atomic_write_text
+from mindone.utils.atomic import TMP_SUFFIX, atomic_path, atomic_write_text
 from mindone.utils.cli import UserError
 
 logger = logging.getLogger(__name__)
@@ -189,10 +189,36 @@ def write_shards(samples: list[Sample], part_dir: Path, output_format: str, per_
     return skipped
 
 
-def clear_part(part_dir: Path) -> None:
-    """Remove a previous build of this part (shards and their stats) so no stale shard survives."""
-    if part_dir.is_dir():
-        shutil.rmtree(part_dir)
+def build_dir_for(part_dir: Path) -> Path:
+    """Where a new build of ``part_dir`` is written: a hidden sibling no annotation tool or loader lists."""
+    return part_dir.parent / f".{part_dir.name}.build.{os.getpid()}{TMP_SUFFIX}"
+
+
+def sweep_leftovers(part_dir: Path) -> list[Path]:
+    """Remove the build and old folders a killed run of this part left beside it; returns them."""
+    if not part_dir.parent.is_dir():
+        return []
+    found = [p for kind in ("build", "old") for p in part_dir.parent.glob(f".{part_dir.name}.{kind}.*{TMP_SUFFIX}")]
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return found
+
+
+def publish_part(build_dir: Path, part_dir: Path, stale_csvs: list[Path]) -> None:
+    """Replace ``part_dir`` by the finished ``build_dir``.
+
+    The csvs listing the old part are removed first, so whenever the run is killed no csv points at a
+    folder that is missing or swapped: before that step the old part and its csv are intact, after it
+    there is no csv until the caller writes the new one (a rerun sweeps the leftover folders).
+    """
+    for csv_path in stale_csvs:
+        csv_path.unlink(missing_ok=True)
+    old = part_dir.parent / f".{part_dir.name}.old.{os.getpid()}{TMP_SUFFIX}"
+    if part_dir.exists():
+        os.replace(part_dir, old)
+    os.replace(build_dir, part_dir)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def merge_counts(*counters: Counter) -> dict[str, int]:
