@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,8 @@ def test_safetensors_to_mindspore_and_back_with_extras(tiny_state, tmp_path, cap
     write_safetensors(source, {**tiny_state, **EXTRAS})
     caplog.set_level("INFO")
     assert main(["--source", str(source), "--target", str(ckpt), "--config", "tiny"]) == 0
-    assert "skipped 7 source tensors" in caplog.text and "model_ema.* (3)" in caplog.text
+    assert "skipped 7 tensors the model does not use" in caplog.text and "model_ema.* (3)" in caplog.text
+    assert caplog.text.count("skipped 7") == 1  # once, by read_as_ldm; the script does not repeat it
     model = fresh_tiny()
     report = load_sd_weights(model, ckpt)
     assert report["layout"] == "ldm" and report["loaded"] == len(tiny_state) and report["extra"] == []
@@ -66,7 +68,7 @@ def test_original_torch_ckpt_through_the_script(tiny_state, tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), "--source", str(source), "--target", str(target),
                           "--config", "tiny", "--dtype", "fp16"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "wrote" in run.stderr and "skipped 7" in run.stderr
+    assert "wrote" in run.stderr and run.stderr.count("skipped 7") == 1
     model = fresh_tiny()
     report = load_sd_weights(model, source)  # the original .ckpt loads directly too
     assert sorted(report["extra"]) == sorted(EXTRAS)
@@ -93,9 +95,23 @@ def test_missing_tensors_stop_with_the_list_and_write_nothing(tiny_state, tmp_pa
 
 def test_wrong_config_reports_missing_blocks(tiny_state, tmp_path):
     write_safetensors(tmp_path / "tiny.safetensors", tiny_state)
+    argv = ["--source", str(tmp_path / "tiny.safetensors"), "--target", str(tmp_path / "o.ckpt")]
     with pytest.raises(UserError, match=r"540 tensors missing \(a different architecture\? check the model config\)"
-                                        r": cond_stage_model.model.transformer.resblocks.10.\* \(12\)"):
-        main(["--source", str(tmp_path / "tiny.safetensors"), "--target", str(tmp_path / "o.ckpt")])
+                                        r": cond_stage_model.model.transformer.resblocks.10.\* \(12\)") as err:
+        main(argv)
+    summary = str(err.value)
+    assert re.search(r" and \d+ more \(run with debug logging \(-v / --verbose\) to log every name\)$", summary)
+    assert "output_blocks" not in summary  # beyond the 12 groups shown
+
+    # -v: the error line says where the list is, and every missing name is in the log above it
+    run = subprocess.run([sys.executable, str(SCRIPT), *argv, "-v"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert "540 tensors missing" in lines[-1] and re.search(r" and \d+ more \(every name is logged above\)$", lines[-1])
+    header = next(i for i, line in enumerate(lines) if "all 540 missing tensors:" in line)
+    listed = [line.strip() for line in lines[header + 1: header + 541]]
+    assert len(set(listed)) == 540 and not set(listed) & set(tiny_state)
+    assert "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.attn2.to_k.weight" in listed
 
 
 def test_cli_argument_errors_are_one_line(tmp_path):

@@ -38,10 +38,23 @@ def summarize_names(names: list[str], limit: int = _SHOWN) -> str:
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
+def _log_all_names(what: str, names: list[str], source: str | Path) -> None:
+    """Every name, one per line, at debug level: the full list behind a :func:`summarize_names` summary."""
+    logger.debug("%s: all %d %s:\n%s", source, len(names), what, "\n".join(f"  {n}" for n in names))
+
+
+def _full_list_hint() -> str:
+    if logger.isEnabledFor(logging.DEBUG):
+        return "every name is logged above"
+    return "run with debug logging (-v / --verbose) to log every name"
+
+
 def _raise_missing(missing: list[str], available: int, source: str | Path) -> None:
     if missing:
+        _log_all_names("missing tensors", missing, source)
         hint = " (a different architecture? check the model config)" if len(missing) * 4 > available else ""
-        raise UserError(f"{source}: {len(missing)} tensors missing{hint}: {summarize_names(missing)}")
+        raise UserError(f"{source}: {len(missing)} tensors missing{hint}: {summarize_names(missing)} "
+                        f"({_full_list_hint()})")
 
 
 def to_ldm(tensors: Mapping[str, np.ndarray], layout: str, expected: Mapping[str, tuple[int, ...]],
@@ -117,8 +130,9 @@ def read_as_ldm(path: str | Path, expected: Mapping[str, tuple[int, ...]], model
         tensors, replaced = substitute_ema(tensors, expected, path)
         logger.info("%s: using EMA weights for %d of %d tensors", path, replaced, len(expected))
     ldm, extra = to_ldm(tensors, layout, expected, model_cfg, path)
-    if extra:
+    if extra:  # the one place this is logged: load_sd_weights and convert_weights.py rely on it
         logger.info("%s: skipped %d tensors the model does not use: %s", path, len(extra), summarize_names(extra))
+        _log_all_names("skipped tensors", extra, path)
     return ldm, extra, layout
 
 

@@ -61,13 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mindspore.nn.utils import no_init_parameters
 
     from mindone.convert.convert import (expected_layout, model_layout_config, read_as_ldm, save_ldm_safetensors,
-                                         save_mindspore_checkpoint, summarize_names)
+                                         save_mindspore_checkpoint)
     from mindone.models.config import build_model, load_model_config
 
     with no_init_parameters():  # only names and shapes are needed
         model = build_model(load_model_config(args.config))
-    tensors, extra, layout = read_as_ldm(args.source, expected_layout(model), model_layout_config(model),
-                                         use_ema=args.use_ema)
+    # read_as_ldm logs the skipped source tensors (model_ema.*, ...) itself
+    tensors, _, layout = read_as_ldm(args.source, expected_layout(model), model_layout_config(model),
+                                     use_ema=args.use_ema)
     dtype = DTYPES[args.dtype]
     if dtype is not None:
         tensors = {n: a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a for n, a in tensors.items()}
@@ -77,8 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_ldm_safetensors(tensors, target)
     size = sum(a.nbytes for a in tensors.values()) / 1e9
     logger.info("wrote %d tensors (%.2f GB) from %s (%s layout) to %s", len(tensors), size, args.source, layout, target)
-    if extra:
-        logger.info("skipped %d source tensors: %s", len(extra), summarize_names(extra))
     return 0
 
 
