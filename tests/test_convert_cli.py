@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -128,6 +129,21 @@ def test_cli_argument_errors_are_one_line(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="junk.ckpt: neither a torch zip checkpoint nor a MindSpore checkpoint"):
         main(["--source", str(tmp_path / "junk.ckpt"), "--target", str(tmp_path / "x.ckpt"), "--config", "tiny"])
+
+
+def test_build_parser_exposes_every_flag_and_parse_args_uses_it():
+    from convert_weights import build_parser, parse_args
+
+    parser = build_parser()
+    assert isinstance(parser, argparse.ArgumentParser) and build_parser() is not parser
+    flags = {flag for action in parser._actions for flag in action.option_strings}
+    assert flags == {"-h", "--help", "--source", "--target", "--config", "--dtype", "--use_ema", "--overwrite",
+                     "-v", "--verbose"}
+    assert all(action.help for action in parser._actions)
+    argv = ["--source", "in.ckpt", "--target", "out.safetensors"]
+    assert vars(parse_args(argv)) == vars(parser.parse_args(argv)) == {
+        "source": "in.ckpt", "target": "out.safetensors", "config": "v2-base-512-eps", "dtype": "keep",
+        "use_ema": False, "overwrite": False, "verbose": False}
 
 
 def test_use_ema_takes_ldm_and_mindone_ema_copies(tiny_state, tmp_path):

@@ -26,7 +26,8 @@ logger = logging.getLogger("convert_weights")
 DTYPES = {"keep": None, "fp32": np.float32, "fp16": np.float16}
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (also imported by tools that document every flag)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--source", required=True, help="original .ckpt/.safetensors, diffusers folder or MindSpore .ckpt")
@@ -44,7 +45,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "mindone training ema.*)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing target file")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
