@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 import laion_download_metadata as cli
 from helpers_metadata import DOWNLOAD_CLI, run_cli
-from laion_utils.http_download import DownloadError, RetryPolicy, download_file, partial_path
+from laion_utils.http_download import DownloadError, RetryPolicy, download_file, partial_path, validator_path
 from laion_utils.synthetic_metadata import write_synthetic_metadata
 
 FAST = RetryPolicy(retries=3, backoff=0.01, max_backoff=0.02, timeout=5)
@@ -25,6 +26,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         name = self.path.lstrip("/")
         srv.log.append((self.command, name, self.headers.get("Range")))
+        srv.if_range_log.append((self.command, name, self.headers.get("If-Range")))
         host = self.headers.get("Host", "").split(":")[0]
         srv.auth_log.append((self.command, host, self.headers.get("Authorization")))
         if name.startswith("redirect/"):  # like the Hub: 302 to a CDN on another host
@@ -40,13 +42,21 @@ class _Handler(BaseHTTPRequestHandler):
             srv.fail[(self.command, name)] -= 1
             self.send_error(500, "transient")
             return
+        if self.command == "HEAD" and srv.head_status:  # a mirror that only answers GET
+            self.send_error(srv.head_status, "HEAD refused")
+            return
         data = srv.files.get(name)
         if data is None:
             self.send_error(404, "Not Found")
             return
+        # validators follow the content, as a real server's do: the file changes, they change
+        etag = f'"{hashlib.sha1(data).hexdigest()[:16]}"' if srv.etags else None
+        last_modified = srv.last_modified.get(name)
         start = 0
         rng = self.headers.get("Range")
-        if rng and srv.ranges and body:
+        if_range = self.headers.get("If-Range")
+        range_ok = if_range is None or srv.ignore_if_range or if_range in (etag, last_modified)
+        if rng and srv.ranges and body and range_ok:
             start = int(rng.split("=")[1].split("-")[0])
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -54,6 +64,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         if srv.ranges:
             self.send_header("Accept-Ranges", "bytes")
+        if body or srv.head_validators:
+            if etag:
+                self.send_header("ETag", etag)
+            if last_modified:
+                self.send_header("Last-Modified", last_modified)
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         if body:
@@ -82,6 +97,8 @@ def server(files):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.files, srv.fail, srv.cut, srv.log, srv.ranges = dict(files), {}, {}, [], True
     srv.auth_log, srv.token = [], None
+    srv.if_range_log, srv.head_status, srv.etags, srv.last_modified = [], None, True, {}
+    srv.head_validators, srv.ignore_if_range = True, False
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
@@ -195,3 +212,67 @@ def test_token_for_gated_files_is_not_forwarded_to_another_host(server, files, t
     hosts = {(cmd, host): auth for cmd, host, auth in server.auth_log[1:]}
     assert hosts[("HEAD", "127.0.0.1")] == hosts[("GET", "127.0.0.1")] == "Bearer secret"
     assert hosts[("HEAD", "localhost")] is None and hosts[("GET", "localhost")] is None  # HEAD stays HEAD
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("status", [405, 403, 501])
+def test_mirror_refusing_head_is_asked_with_get(server, files, tmp_path, status):
+    server.head_status = status
+    name = "2B-en-4.5_3.parquet"
+    assert download_file(f"{server.url}/{name}", tmp_path / name, FAST, progress=False) == "downloaded"
+    assert (tmp_path / name).read_bytes() == files[name]
+    assert [e[0] for e in server.log] == ["HEAD", "GET", "GET"]  # refused HEAD, GET for the size, the download
+    # the size read from the GET's headers is enough to see the file is complete
+    assert download_file(f"{server.url}/{name}", tmp_path / name, FAST, progress=False) == "skipped"
+    assert len(_gets(server, name)) == 3
+    assert not list(tmp_path.glob(".*"))
+    # a GET refused too is still a clear, permanent error naming the URL
+    with pytest.raises(DownloadError, match=r"2B-en-4.5_9.parquet: HTTP 404"):
+        download_file(f"{server.url}/2B-en-4.5_9.parquet", tmp_path / "x.parquet", FAST, progress=False)
+
+
+def _start_partial(server, tmp_path, name: str) -> Path:
+    """A download cut after 4 KiB and not retried: leaves the partial and its validator sidecar."""
+    server.cut[name] = 4096
+    with pytest.raises(DownloadError):
+        download_file(f"{server.url}/{name}", tmp_path / name, RetryPolicy(retries=0, timeout=5), progress=False)
+    partial = partial_path(tmp_path / name)
+    assert partial.stat().st_size == 4096 and validator_path(partial).is_file()
+    return partial
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("validator", ["etag", "last_modified"])
+def test_resume_sends_if_range_with_the_recorded_validator(server, files, tmp_path, validator):
+    name = "2B-en-4.5_2.parquet"
+    if validator == "last_modified":
+        server.etags = False
+        server.last_modified[name] = "Mon, 01 Jan 2024 00:00:00 GMT"
+    _start_partial(server, tmp_path, name)
+    recorded = f'"{hashlib.sha1(files[name]).hexdigest()[:16]}"' if validator == "etag" else server.last_modified[name]
+    assert download_file(f"{server.url}/{name}", tmp_path / name, FAST, progress=False) == "resumed"
+    assert (tmp_path / name).read_bytes() == files[name]
+    assert _gets(server, name)[-1] == ("GET", name, "bytes=4096-")
+    assert server.if_range_log[-1] == ("GET", name, recorded)
+    assert not list(tmp_path.glob(".*"))  # partial and sidecar gone
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["head_says", "if_range_says", "206_says", "last_modified_says"])
+def test_file_changed_on_the_server_restarts_instead_of_splicing(server, files, tmp_path, how):
+    """The partial holds the start of version 1; the server now has version 2 of the same size."""
+    name = "2B-en-4.5_1.parquet"
+    if how == "last_modified_says":
+        server.etags = False
+        server.last_modified[name] = "Mon, 01 Jan 2024 00:00:00 GMT"
+    _start_partial(server, tmp_path, name)
+    new = files[name][:100] + files[name][100:][::-1]  # same size and start: only a validator tells them apart
+    server.files[name] = new
+    if how == "last_modified_says":
+        server.last_modified[name] = "Tue, 02 Jan 2024 00:00:00 GMT"
+    if how in ("if_range_says", "206_says"):
+        server.head_validators = False  # nothing to compare before the GET: If-Range (or the 206) must tell
+    server.ignore_if_range = how == "206_says"  # a server serving the range of whatever it has now
+    result = download_file(f"{server.url}/{name}", tmp_path / name, FAST, progress=False)
+    assert (tmp_path / name).read_bytes() == new and result == "downloaded"
+    assert not list(tmp_path.glob(".*"))
