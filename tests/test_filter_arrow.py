@@ -204,6 +204,24 @@ def test_bad_input_is_one_line_and_writes_nothing(inputs, tmp_path, case):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, no staging
 
 
+@pytest.mark.parametrize("engine", ["arrow", "spark"])  # the check runs before either engine starts
+def test_type_clash_in_an_unused_column_names_the_column_and_files(inputs, tmp_path, engine):
+    data = tmp_path / "in"
+    data.mkdir()
+    src = pq.read_table(inputs["improved_aesthetics_4.5plus"] / "improved_aesthetics_4.5plus_1.parquet")
+    pq.write_table(src, data / "a_1.parquet")
+    pq.write_table(src, data / "a_2.parquet")
+    clash = src.set_column(src.schema.get_field_index("hash"), "hash", src["hash"].cast(pa.string()))
+    pq.write_table(clash, data / "a_3.parquet")  # no condition reads hash: only the output schema sees it
+    out = tmp_path / "out"
+    proc = run_cli(FILTER_CLI, "--data_dir", str(data), "--output_dir", str(out), "--engine", engine, "--no_progress")
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if "error" in ln]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert f"column 'hash' is string in {data / 'a_3.parquet'} but int64 in {data / 'a_1.parquet'}" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
 @pytest.mark.timeout(120)
 def test_killed_run_leaves_no_part_files_and_rerun_works(tmp_path):
     data = tmp_path / "in"

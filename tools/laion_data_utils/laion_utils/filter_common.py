@@ -116,12 +116,44 @@ def inspect_inputs(files: list[Path], conditions: list[Condition], dedup: str | 
     return out
 
 
+def _unify(schemas: list[pa.Schema]) -> pa.Schema:
+    return pa.unify_schemas(schemas, promote_options="permissive")
+
+
 def unify_output_schema(inputs: list[InputFile]) -> pa.Schema:
-    """One schema holding every input column (types widened when files disagree, e.g. int vs float)."""
+    """One schema holding every input column (types widened when files disagree, e.g. int vs float).
+
+    Both engines write every input column, so a column no condition reads must still agree across files;
+    when it does not, the error names the column and the two files (arrow's own message names neither).
+    """
     try:
-        return pa.unify_schemas([f.schema for f in inputs], promote_options="permissive")
+        return _unify([f.schema for f in inputs])
     except pa.ArrowException as err:
-        raise UserError(f"input files have incompatible schemas: {str(err).splitlines()[0]}") from None
+        raise UserError(_type_clash(inputs) or f"input files have incompatible schemas: {str(err).splitlines()[0]}") from None
+
+
+def _type_clash(inputs: list[InputFile]) -> str | None:
+    """``column 'x' is T1 in B but T2 in A`` for the first file whose schema does not merge with the earlier ones."""
+    merged: pa.Schema | None = None
+    first_seen: dict[str, list[tuple[pa.DataType, Path]]] = {}  # column -> each distinct type and its first file
+    for f in inputs:
+        try:
+            merged = f.schema if merged is None else _unify([merged, f.schema])
+        except pa.ArrowException:
+            for field in f.schema:
+                for typ, path in first_seen.get(field.name, []):
+                    try:
+                        _unify([pa.schema([pa.field(field.name, typ)]), pa.schema([field])])
+                    except pa.ArrowException:
+                        return (f"column {field.name!r} is {field.type} in {f.path} but {typ} in {path} (every input "
+                                "column is written out, so its type must agree across files: cast it, or move one "
+                                "file out of --data_dir)")
+            return f"{f.path}: its columns' types do not merge with those of the files before it"
+        for field in f.schema:
+            types = first_seen.setdefault(field.name, [])
+            if all(typ != field.type for typ, _ in types):
+                types.append((field.type, f.path))
+    return None
 
 
 def part_sizes(total: int, num_parts: int | None, rows_per_part: int | None) -> list[int]:
