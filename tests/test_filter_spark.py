@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import laion_filter_metadata as cli
-from helpers_metadata import canonical, make_inputs, read_dir
+from helpers_metadata import FILTER_CLI, canonical, make_inputs, read_dir, run_cli
 
 pytestmark = [pytest.mark.spark, pytest.mark.timeout(300)]
 
@@ -82,3 +82,23 @@ def test_dedup_shuffle_string_conditions_and_skipped_columns(spark, tmp_path_fac
     assert a["removed_by_condition"]["language in en,de"] > 0 and a["dedup_removed"] > 0 and a["rows_out"] > 100
     assert canonical(read_dir(tmp_path / "arrow", "part_*.parquet")) == canonical(
         read_dir(tmp_path / "spark", "part_*.parquet"))
+
+
+@pytest.mark.timeout(120)
+def test_cli_spark_engine_own_session_matches_arrow(tmp_path):
+    """The CLI end to end with --engine spark: create_session with --master/--driver_memory, then the job."""
+    if shutil.which("java") is None:
+        pytest.skip("java not found: the spark engine needs a JDK")
+    data = tmp_path / "in"
+    make_inputs(data, "improved_aesthetics_4.5plus", files=2, rows=800, seed=5)
+    common = ["--data_dir", str(data), "--no_progress", "--num_parts", "2"]
+    arrow = run_cli(FILTER_CLI, *common, "--output_dir", str(tmp_path / "arrow"))
+    assert arrow.returncode == 0, arrow.stderr
+    spark = run_cli(FILTER_CLI, *common, "--output_dir", str(tmp_path / "spark"), "--engine", "spark",
+                    "--master", "local[1]", "--driver_memory", "700m", timeout=110)
+    assert spark.returncode == 0, spark.stderr[-3000:]
+    assert "spark session: master local[1], driver memory 700m" in spark.stderr  # the flags reached the session
+    a, s = (json.loads((tmp_path / e / "filter_report.json").read_text()) for e in ("arrow", "spark"))
+    _same_counts(a, s)
+    assert s["engine"] == "spark" and a["rows_out"] > 100
+    assert canonical(read_dir(tmp_path / "arrow", "part_*.parquet")) == canonical(read_dir(tmp_path / "spark", "part_*.parquet"))

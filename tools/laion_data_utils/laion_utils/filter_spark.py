@@ -43,6 +43,8 @@ def create_session(master: str, driver_memory: str, progress: bool = True):
                .config("spark.sql.session.timeZone", "UTC"))
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
+    conf = session.sparkContext.getConf()
+    log.info("spark session: master %s, driver memory %s", session.sparkContext.master, conf.get("spark.driver.memory"))
     return session
 
 
