@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt("input_format", default="parquet", help_="parquet, csv, tsv, json, jsonl, txt (and .gz variants)")
     opt("output_format", default="webdataset", help_="webdataset (tar shards), files (one folder per shard) or parquet")
     opt("image_size", int, 512, "resize target (smaller side for keep_ratio)")
-    opt("resize_mode", default="keep_ratio", help_="img2dataset resize mode: keep_ratio, center_crop, border, keep_ratio_largest, no")
+    opt("resize_mode", default="keep_ratio", help_="img2dataset resize mode",
+        choices=["keep_ratio", "center_crop", "border", "keep_ratio_largest", "no"])
     flag("resize_only_if_bigger", True, "never upscale small images")
     flag("skip_reencode", True, "keep the original bytes when no resize is needed and the format already matches")
     opt("processes_count", int, launch.default_processes(), "download processes; the default is this machine's CPU count")
@@ -90,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     flag("verify_resume", True, "before a rerun, check the shards already done and redo any that do not hold up")
     flag("dry_run", False, "print the img2dataset arguments of each part as json and exit")
     return parser
+
+
+def check_env_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse checks ``choices`` of the flags given, never of defaults: a value outside them came from LAION_*.
+
+    Checked after parsing, so a valid flag on the command line still wins over a bad variable.
+    """
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.choices and value is not None and value not in action.choices:
+            raise UserError(f"environment variable {ENV_PREFIX}{action.dest.upper()}={value!r} is not one of "
+                            f"{', '.join(map(str, action.choices))}")
 
 
 def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -139,7 +152,9 @@ def part_kwargs(args: argparse.Namespace, input_path: Path, output_folder: str, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ours, theirs = split_passthrough(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(ours)
+    parser = build_parser()
+    args = parser.parse_args(ours)
+    check_env_choices(parser, args)
     setup_cli_logging()
     part_tokens = args.parts or ([_env("parts")] if _env("parts") else [])
     part_ids = launch.parse_part_ids(part_tokens)
