@@ -185,3 +185,14 @@ def test_timestep_spacings_match_diffusers(spacing):
         dpm_ref.set_timesteps(steps)
         ours = DPMSolverSampler(SCHEDULE, timestep_spacing=spacing, steps_offset=1).set_timesteps(steps)
         np.testing.assert_array_equal(ours, dpm_ref.timesteps.numpy(), err_msg=f"dpm {spacing} {steps}")
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm++"])
+def test_999_steps_work_and_1000_are_refused_with_a_reason(name):
+    # SD 2's DDIM (leading, offset 1) would reach t=1000 at 1000 steps; DPM-Solver++'s linspace would
+    # repeat a timestep (a zero step size).
+    sampler = make_sampler(name, NoiseSchedule(), "eps")
+    timesteps = sampler.set_timesteps(999)
+    assert len(np.unique(timesteps)) == 999 and timesteps.max() <= 999 and timesteps.min() >= 0
+    with pytest.raises(ValueError, match="use fewer steps"):
+        sampler.set_timesteps(1000)

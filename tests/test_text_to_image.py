@@ -97,6 +97,10 @@ def test_prompt_file_and_size_flags(run, tmp_path):
     (["--config", "tiny", "--allow_random_init"], "exactly one of --prompt and --prompt_file"),
     (["--config", "tiny", "--prompt", "x", "--allow_random_init", "--sampler", "dpm++", "--eta", "1"], "--eta"),
     (["--config", "tiny", "--prompt", "x", "--allow_random_init", "--H", "40"], "multiples of 16"),
+    (["--config", "tiny", "--prompt", "x", "--allow_random_init", "--steps", "1000"], "--steps 1000: expected 1..999"),
+    (["--config", "tiny", "--prompt", "x", "--allow_random_init", "--lora", "/nonexistent.ckpt"],
+     "--lora /nonexistent.ckpt: no such file"),
+    (["--config", "tiny", "--prompt", "x", "--allow_random_init", "--lora_merge"], "--lora_merge needs --lora"),
 ])
 def test_user_errors_are_one_line(repo_root, args, message):
     proc = _cli(repo_root, *args, timeout=120)
@@ -109,5 +113,5 @@ def test_help_lists_every_flag(repo_root):
     assert proc.returncode == 0
     for flag in ("--ckpt", "--config", "--prompt", "--prompt_file", "--negative_prompt", "--sampler", "--steps",
                  "--guidance_scale", "--seed", "--n_samples", "--H", "--W", "--output_dir", "--mode", "--vocab_path",
-                 "--batch_size", "--allow_random_init", "--eta"):
+                 "--batch_size", "--allow_random_init", "--eta", "--lora", "--lora_merge"):
         assert flag in proc.stdout

@@ -185,3 +185,47 @@ def test_sigkill_then_resume_matches_uninterrupted_run(setup, run_a):
     assert worst <= 1e-6, f"resumed run differs from the uninterrupted one by {worst}"
     fa, fb = load_state(run_a / "model.ckpt"), load_state(out / "model.ckpt")
     assert all(np.allclose(fa[k], fb[k], rtol=0, atol=1e-6) for k in fa)
+
+
+@pytest.mark.timeout(600)
+def test_lora_on_webdataset_with_workers_then_text_to_image(setup, run_a, tmp_path):
+    """LoRA (UNet + text tower) from run A's weights, webdataset shards read by 2 forked data workers;
+    text_to_image.py applies the adapters, merged or not, to the same base weights."""
+    from test_data_synthetic import make_clean_dataset
+
+    root, _, model_cfg, env = setup
+    shards = make_clean_dataset(tmp_path / "wds", num_shards=2, per_shard=4).root
+    out = tmp_path / "lora_run"
+    args = train_args(shards, model_cfg, out, "--dataset_type", "webdataset", "--use_lora", "--lora_rank", "2",
+                      "--lora_text_encoder", "--pretrained_model_path", str(run_a / "model.ckpt"))
+    args = [a for a in args if a not in ("--use_ema",)]
+    args[args.index("--ema_decay"):args.index("--ema_decay") + 2] = []
+    args[args.index("--max_train_steps") + 1] = "6"
+    args[args.index("--dataloader_num_workers") + 1] = "2"
+    run_train(args, env, root)
+
+    adapters = load_state(out / "lora.ckpt")
+    ups = {k: v for k, v in adapters.items() if k.endswith(".lora_up")}
+    assert not any(k.endswith(".weight") for k in adapters)  # adapters only, no base weights
+    unet_ups = [v for k, v in ups.items() if k.startswith("model.diffusion_model.")]
+    text_ups = [v for k, v in ups.items() if k.startswith("cond_stage_model.")]
+    assert unet_ups and text_ups
+    # lora_up starts at zero: non-zero after training means gradients reached both towers.
+    untrained = [k for k, v in ups.items() if not np.abs(v).max() > 0]
+    assert not untrained, f"{len(untrained)} of {len(ups)} adapters never moved: {untrained[:6]}"
+
+    def sample(name: str, *extra: str) -> np.ndarray:
+        target = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "examples" / "stable_diffusion_v2" / "text_to_image.py"),
+             "--config", str(model_cfg), "--ckpt", str(run_a / "model.ckpt"), "--prompt", "a red square",
+             "--steps", "2", "--mode", "pynative", "--output_dir", str(target), "--skip_grid", *extra],
+            env=env, cwd=root, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return np.asarray(Image.open(target / "samples" / "00000.png"), dtype=np.int16)
+
+    base = sample("base")
+    with_lora = sample("lora", "--lora", str(out / "lora.ckpt"))
+    merged = sample("merged", "--lora", str(out / "lora.ckpt"), "--lora_merge")
+    assert np.abs(with_lora - base).max() > 0  # the adapters change the images
+    assert np.abs(merged - with_lora).max() <= 1  # merging is the same function (uint8 rounding aside)

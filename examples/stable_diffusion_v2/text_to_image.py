@@ -26,6 +26,7 @@ from mindone.utils.cli import UserError, run_main, setup_cli_logging
 logger = logging.getLogger("text_to_image")
 
 SAMPLER_CHOICES = ("ddim", "dpm++")
+MAX_STEPS = 999  # 1000 steps would reach t=1000 (DDIM, offset 1) or repeat a timestep (DPM-Solver++)
 GRID_MAX_IMAGES = 64  # the grid holds the first images of a run; a long prompt file would not fit in memory
 
 
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--ckpt", default=None,
                        help="weights: a converted MindSpore .ckpt, an original SD 2.x .ckpt/.safetensors, "
                             "or a diffusers folder")
+    model.add_argument("--lora", default=None,
+                       help="LoRA adapters saved by train_text_to_image.py --use_lora (lora.ckpt), applied on "
+                            "top of --ckpt")
+    model.add_argument("--lora_merge", action="store_true",
+                       help="fold the --lora adapters into the base weights once (same images, plain model, "
+                            "slightly faster sampling)")
     model.add_argument("--allow_random_init", action="store_true",
                        help="run with random weights when --ckpt is not given (smoke tests only: the images are noise)")
     model.add_argument("--vocab_path", default=None,
@@ -103,8 +110,8 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.steps < 1 or args.steps > 1000:
-        raise UserError(f"--steps {args.steps}: expected 1..1000")
+    if args.steps < 1 or args.steps > MAX_STEPS:
+        raise UserError(f"--steps {args.steps}: expected 1..{MAX_STEPS}")
     if args.n_samples < 1:
         raise UserError(f"--n_samples {args.n_samples}: expected >= 1")
     if args.batch_size is not None and args.batch_size < 1:
@@ -117,6 +124,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--ckpt is required (pass --allow_random_init to run with random weights, for smoke tests)")
     if args.ckpt is not None and not Path(args.ckpt).exists():
         raise UserError(f"--ckpt {args.ckpt}: no such file or folder")
+    if args.lora is not None and not Path(args.lora).is_file():
+        raise UserError(f"--lora {args.lora}: no such file")
+    if args.lora_merge and args.lora is None:
+        raise UserError("--lora_merge needs --lora")
 
 
 def load_model(args: argparse.Namespace, cfg: dict):
@@ -133,6 +144,11 @@ def load_model(args: argparse.Namespace, cfg: dict):
         with no_init_parameters():  # the checkpoint fills every parameter right after
             model = build_model(cfg)
         load_sd_weights(model, args.ckpt)  # logs what it loaded and skipped
+    if args.lora is not None:
+        from mindone.train.lora import apply_lora
+
+        apply_lora(model, args.lora, merge=args.lora_merge)
+        logger.info("applied LoRA %s%s", args.lora, " (merged)" if args.lora_merge else "")
     model.set_train(False)
     return model
 
@@ -216,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sample, image in enumerate(images):
             parameters = (f"{prompt}\nNegative prompt: {args.negative_prompt}\nSampler: {args.sampler}, "
                           f"Steps: {args.steps}, Guidance: {args.guidance_scale}, Eta: {args.eta}, Seed: {args.seed}, "
-                          f"Sample: {sample}, Size: {width}x{height}, Config: {args.config}, Ckpt: {args.ckpt}")
+                          f"Sample: {sample}, Size: {width}x{height}, Config: {args.config}, Ckpt: {args.ckpt}"
+                          + (f", LoRA: {args.lora}" if args.lora else ""))
             target = samples_dir / f"{index:05d}.png"
             save_png(image, target, parameters)
             logger.info("wrote %s", target)

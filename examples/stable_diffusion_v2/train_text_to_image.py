@@ -95,6 +95,20 @@ def batch_stream(args, tokenizer, rank: int, world_size: int, start_batch: int,
         epoch, offset = epoch + 1, 0
 
 
+# Options that change the compiled train graph (for the compile-cache key); data and schedule options do not.
+GRAPH_OPTIONS = ("model_config", "resolution", "train_batch_size", "gradient_accumulation_steps", "mixed_precision",
+                 "prediction_type", "snr_gamma", "max_grad_norm", "use_ema", "train_text_encoder", "use_lora",
+                 "lora_rank", "lora_alpha", "lora_text_encoder", "mode", "device_target", "distributed")
+
+
+def graph_fingerprint(args) -> str:
+    """A string naming the train graph these options build (model config by path and content)."""
+    from mindone.models.config import load_model_config
+
+    parts = [f"{name}={getattr(args, name)!r}" for name in GRAPH_OPTIONS]
+    return ";".join(parts + [repr(load_model_config(args.model_config))])
+
+
 def weights_digest(model) -> str:
     """sha256 over the trainable weights' names and bytes (equal on every rank of a healthy data-parallel run)."""
     digest = hashlib.sha256()
@@ -145,7 +159,9 @@ def train(args, dev) -> None:
     ema = EMA(trainable, max_decay=args.ema_decay) if args.use_ema else None
     fp16 = args.mixed_precision == "fp16"
     scaler = LossScaler(args.loss_scale if fp16 else 1.0, dynamic=fp16, window=args.loss_scale_window)
-    loss_cell = DiffusionLoss(model, NoiseSchedule(), model.parameterization, args.snr_gamma, args.train_text_encoder)
+    # Gradients must reach the text tower when it is trained, in full or through its LoRA adapters.
+    text_grads = args.train_text_encoder or (args.use_lora and args.lora_text_encoder)
+    loss_cell = DiffusionLoss(model, NoiseSchedule(), model.parameterization, args.snr_gamma, text_grads)
     step_fn = TrainStep(loss_cell, optimizer, scaler, accum, args.max_grad_norm, ema)
     state = list(model.parameters_and_names()) + named(step_fn.state_parameters())
 
@@ -232,8 +248,9 @@ def _current_lr(optimizer, schedule: Sequence[float]) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = resolve_config(TRAIN_OPTIONS, argv, __doc__.split("\n\n")[0], prog="train_text_to_image.py")
     check_args(args)
-    from mindone.utils.device import init_device
+    from mindone.utils.device import init_device, scope_compile_cache
 
+    scope_compile_cache(graph_fingerprint(args))
     dev = init_device(args.mode, args.device_target, args.distributed, args.seed, args.max_device_memory,
                       args.jit_level)
     out = Path(args.output_dir)

@@ -47,6 +47,25 @@ def launched_by_msrun() -> bool:
     return os.environ.get("MS_ROLE") in ("MS_WORKER", "MS_SCHED") and int(os.environ.get("MS_WORKER_NUM", "1")) > 1
 
 
+def scope_compile_cache(fingerprint: str) -> str | None:
+    """Give MindSpore's graph compile cache a folder per network fingerprint; returns that folder.
+
+    With ``MS_COMPILER_CACHE_ENABLE=1`` MindSpore reuses a cached graph when the Python source of the
+    network matches, even when the cells were built differently: a LoRA run after a full fine-tune with
+    the same cache path silently runs the full fine-tune's graph and trains nothing. Keying the cache by
+    the options that shape the graph keeps the speed-up without that trap. Call before the first compile.
+    """
+    if os.environ.get("MS_COMPILER_CACHE_ENABLE") != "1":
+        return None
+    import hashlib
+
+    base = os.environ.get("MS_COMPILER_CACHE_PATH") or os.path.join(os.getcwd(), "compile_cache")
+    scoped = os.path.join(base, "net-" + hashlib.sha256(fingerprint.encode()).hexdigest()[:12])
+    os.environ["MS_COMPILER_CACHE_PATH"] = scoped
+    logger.info("graph compile cache: %s", scoped)
+    return scoped
+
+
 def default_device_target() -> str:
     """Ascend when MindSpore was built for it, else CPU (GPU only when asked for)."""
     import mindspore as ms

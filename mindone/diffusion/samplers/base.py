@@ -38,6 +38,17 @@ def spaced_timesteps(num_train_timesteps: int, num_steps: int, spacing: str, ste
         timesteps = np.linspace(0, num_train_timesteps - 1, num_steps).round()[::-1].astype(np.int64)
     else:
         raise ValueError(f"timestep spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+    return check_timesteps(timesteps, num_train_timesteps, num_steps, spacing)
+
+
+def check_timesteps(timesteps: np.ndarray, num_train_timesteps: int, num_steps: int, spacing: str) -> np.ndarray:
+    """Refuse a step count whose spacing leaves [0, T) or repeats a timestep (e.g. 1000 leading steps
+    with offset 1 reach t=1000; a repeat would divide by a zero step size in DPM-Solver)."""
+    if timesteps.size and (timesteps.min() < 0 or timesteps.max() >= num_train_timesteps):
+        raise ValueError(f"{num_steps} steps with {spacing} spacing reach timestep {int(timesteps.max())}, "
+                         f"outside [0, {num_train_timesteps}): use fewer steps")
+    if np.unique(timesteps).size != timesteps.size:
+        raise ValueError(f"{num_steps} steps with {spacing} spacing repeat a timestep: use fewer steps")
     return np.ascontiguousarray(timesteps)
 
 

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from mindone.diffusion.samplers.base import Array, Sampler, spaced_timesteps, split_prediction
+from mindone.diffusion.samplers.base import Array, Sampler, check_timesteps, spaced_timesteps, split_prediction
 from mindone.diffusion.schedule import NoiseSchedule
 
 
@@ -51,12 +51,14 @@ class DPMSolverSampler(Sampler):
         T = self.schedule.num_train_timesteps
         if self.timestep_spacing == "linspace":
             # num_steps + 1 points from 0 to T-1, dropping t=0 (diffusers' DPM-Solver variant of linspace).
-            self.timesteps = np.linspace(0, T - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64).copy()
+            timesteps = np.linspace(0, T - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
+            self.timesteps = check_timesteps(timesteps, T, num_steps, "linspace")
         elif self.timestep_spacing == "leading":
             if not 1 <= num_steps < T:
                 raise ValueError(f"num_steps must be in [1, {T - 1}], got {num_steps}")
             ratio = T // (num_steps + 1)
-            self.timesteps = np.arange(num_steps + 1, dtype=np.int64)[::-1][:-1] * ratio + self.steps_offset
+            timesteps = np.arange(num_steps + 1, dtype=np.int64)[::-1][:-1] * ratio + self.steps_offset
+            self.timesteps = check_timesteps(timesteps, T, num_steps, "leading")
         else:
             self.timesteps = spaced_timesteps(T, num_steps, self.timestep_spacing, self.steps_offset)
         # (alpha, sigma) at each timestep, then the end point: sigma = 0 (clean data).
