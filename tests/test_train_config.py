@@ -92,3 +92,26 @@ def test_cli_rejects_bad_flags_with_one_line(tmp_path, flags, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()  # nothing written before the arguments are checked
+
+
+def test_loader_flags_reach_the_data_stream(tmp_path):
+    import importlib.util
+
+    from mindone.data.loader import build_sample_stream
+    from test_data_synthetic import fake_tokenizer, make_clean_dataset
+
+    spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = make_clean_dataset(tmp_path, num_shards=2, per_shard=6)
+    args = resolve(["--data_path", str(tmp_path), "--resolution", "32", "--train_batch_size", "2",
+                    "--filter_min_aesthetic", "5", "--filter_max_watermark", "0.8", "--uneven_policy", "drop",
+                    "--shuffle_buffer", "3", "--shard_root", str(tmp_path)])
+    options = script.data_options(args)
+    assert options["filters"] == {"min_aesthetic": 5.0, "max_watermark": 0.8}
+    assert (options["uneven"], options["shuffle_buffer"], options["shard_root"]) == ("drop", 3, str(tmp_path))
+    stream = build_sample_stream("webdataset", tmp_path, fake_tokenizer, rank=0, world_size=1, num_workers=0,
+                                 **options)
+    meta = {m.key: m.meta for shard in data.shards for m in shard}
+    keys = [x["key"] for x in stream]
+    assert keys and all(meta[k]["AESTHETIC_SCORE"] >= 5 and meta[k]["pwatermark"] <= 0.8 for k in keys)

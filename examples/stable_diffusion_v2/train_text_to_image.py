@@ -40,6 +40,8 @@ def check_args(args) -> None:
         raise UserError(f"--max_train_steps {args.max_train_steps}: must be at least 1")
     if not 0.0 <= args.caption_dropout < 1.0:
         raise UserError(f"--caption_dropout {args.caption_dropout}: must be in [0, 1)")
+    if args.shuffle_buffer < 1:
+        raise UserError(f"--shuffle_buffer {args.shuffle_buffer}: must be at least 1")
     if args.learning_rate <= 0:
         raise UserError(f"--learning_rate {args.learning_rate}: must be positive")
     if args.use_lora and args.train_text_encoder:
@@ -77,6 +79,19 @@ def build_model(args, model_cfg: dict):
     return model
 
 
+def data_options(args) -> dict:
+    """The loader settings shared by the epoch-length probe and the training stream."""
+    from mindone.train.options import DATA_FILTERS
+
+    filters = {name: getattr(args, f"filter_{name}") for name, _ in DATA_FILTERS
+               if getattr(args, f"filter_{name}") is not None}
+    options = dict(image_size=args.resolution, batch_size=args.train_batch_size, seed=args.seed,
+                   uneven=args.uneven_policy, filters=filters, shuffle_buffer=args.shuffle_buffer)
+    if args.shard_root:
+        options["shard_root"] = args.shard_root
+    return options
+
+
 def batch_stream(args, tokenizer, rank: int, world_size: int, start_batch: int,
                  steps_per_epoch: int) -> Iterator[tuple[int, object, object]]:
     """(epoch, images, token_ids) batches from ``start_batch`` on, across epochs, never decoding skipped ones."""
@@ -85,11 +100,10 @@ def batch_stream(args, tokenizer, rank: int, world_size: int, start_batch: int,
     epoch, offset = divmod(start_batch, steps_per_epoch)
     while True:
         dataset, _ = build_dataset(
-            args.dataset_type, args.data_path, tokenizer, image_size=args.resolution,
-            batch_size=args.train_batch_size, rank=rank, world_size=world_size,
-            num_workers=args.dataloader_num_workers, shuffle=True, seed=args.seed,
-            caption_dropout=args.caption_dropout, random_crop=not args.center_crop,
-            random_flip=args.random_flip, start_step=offset, epoch=epoch)
+            args.dataset_type, args.data_path, tokenizer, rank=rank, world_size=world_size,
+            num_workers=args.dataloader_num_workers, shuffle=True, caption_dropout=args.caption_dropout,
+            random_crop=not args.center_crop, random_flip=args.random_flip, start_step=offset, epoch=epoch,
+            **data_options(args))
         for images, token_ids in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
             yield epoch, images, token_ids
         epoch, offset = epoch + 1, 0
@@ -142,9 +156,8 @@ def train(args, dev) -> None:
     tokenizer = SDTokenizer(args.vocab_path)
 
     # Data: the per-rank epoch length fixes the step count and maps a global step to a data position.
-    _, steps_per_epoch = build_dataset(
-        args.dataset_type, args.data_path, tokenizer, image_size=args.resolution,
-        batch_size=args.train_batch_size, rank=dev.rank, world_size=dev.world_size, num_workers=0, seed=args.seed)
+    _, steps_per_epoch = build_dataset(args.dataset_type, args.data_path, tokenizer, rank=dev.rank,
+                                       world_size=dev.world_size, num_workers=0, **data_options(args))
     if steps_per_epoch < 1:
         raise UserError(f"--data_path {args.data_path}: fewer samples than one batch of "
                         f"{args.train_batch_size} per rank ({dev.world_size} ranks)")

@@ -9,6 +9,16 @@ from mindone.train.optim import LR_SCHEDULERS
 from mindone.utils.config import Option
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# Load-time filters on each sample's img2dataset json (mindone.data.filters.SampleFilters), as --filter_<name>.
+DATA_FILTERS = (
+    ("min_size", "original image's smaller side is below this"),
+    ("min_width", "original width is below this"),
+    ("min_height", "original height is below this"),
+    ("min_similarity", "CLIP similarity is below this"),
+    ("min_aesthetic", "AESTHETIC_SCORE / aesthetic is below this"),
+    ("max_watermark", "pwatermark is above this"),
+    ("max_punsafe", "punsafe is above this"),
+)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 TRAIN_OPTIONS: list[Option] = [
@@ -23,6 +33,16 @@ TRAIN_OPTIONS: list[Option] = [
     Option("caption_dropout", float, 0.0, "probability of an empty caption (classifier-free guidance; "
            "0.1 in SD training)", group="data"),
     Option("dataloader_num_workers", int, 2, "data loading worker processes per rank", group="data"),
+    Option("shard_root", str, None, "webdataset: where the stats csv's relative shard paths live, if not beside "
+           "the csv: a folder, a URL prefix, or a template with {} for the path, e.g. "
+           "'pipe:aws s3 cp s3://bucket/laion/{} -'", group="data"),
+    Option("shuffle_buffer", int, 1000, "webdataset: samples held in the shuffle buffer of each worker",
+           group="data"),
+    Option("uneven_policy", str, "pad", "when samples do not divide evenly over ranks x batch: pad (repeat a few "
+           "samples so no sample is dropped) or drop (leave the remainder out); both give every rank the same "
+           "number of steps", choices=("pad", "drop"), group="data"),
+    *[Option(f"filter_{name}", float, None, f"skip samples whose json {help_text} (load-time filter; unset: off)",
+             group="data") for name, help_text in DATA_FILTERS],
     # model
     Option("model_config", str, "v2-base-512-eps", "model yaml (path or bundled name: v2-base-512-eps, "
            "v2-768-v, tiny)", group="model"),
