@@ -36,14 +36,18 @@ PROMPTS = ["a red circle on a blue background", "a yellow square on a black back
            "a green triangle on a white background", "a purple circle on a orange background"]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default=str(REPO / "demo_output"), help="where every stage writes (default: ./demo_output)")
     p.add_argument("--rows", type=int, default=300, help="rows of sample metadata (default: 300)")
     p.add_argument("--train_steps", type=int, default=300, help="training steps of the tiny model (default: 300)")
     p.add_argument("--sample_steps", type=int, default=20, help="sampler steps for the final images (default: 20)")
     p.add_argument("--fresh", action="store_true", help="delete --output_dir first and redo every stage")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 class Stages:

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image_dir", required=True, help="folder of images (searched recursively) and captions")
     parser.add_argument("--output_dir", required=True, help="dataset folder; the part goes to <output_dir>/part_<part_id>")
-    parser.add_argument("--output_format", default="webdataset", choices=["webdataset", "files"], help="(default: webdataset)")
+    parser.add_argument("--output_format", default="webdataset", choices=["webdataset", "files"], help="webdataset: tar shards + part_<id>_stats.csv; files: one folder per shard + part_<id>.csv (default: webdataset)")
     parser.add_argument("--part_id", default="1", help="part folder name suffix (default: 1)")
     parser.add_argument("--samples_per_shard", type=int, default=10000, help="images per tar / folder (default: 10000)")
     parser.add_argument("--image_size", type=int, default=None,
