@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         "--max_train_steps", str(args.train_steps)]))
     stages.run("generate", "sample images from prompts", lambda: sh([
         py, EXAMPLES / "text_to_image.py", "--config", REPO / "configs" / "model" / "tiny.yaml",
-        "--ckpt", paths["train"] / "checkpoints" / "last.ckpt", "--prompt_file", write_prompts(out),
+        "--ckpt", paths["train"] / "model.ckpt", "--prompt_file", write_prompts(out),
         "--sampler", "ddim", "--steps", str(args.sample_steps), "--output_dir", paths["samples"]]))
     stages.run("report", "plot the loss curve", lambda: plot_loss(paths["train"], out / "loss_curve.png"))
     print_summary(out, paths)

@@ -9,6 +9,7 @@ conditions (small size, NaN width, unsafe, low aesthetic score) so the filter re
 from __future__ import annotations
 
 import io
+import json
 import random
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def draw_scene(shape: str, color: str, background: str, rng: random.Random, size
 
 
 def make_sample(root: Path, n_rows: int, base_url: str, n_files: int = 2, seed: int = 0) -> dict:
-    """Write ``root/images/*.jpg`` and ``root/metadata/2B-en-4.5_{1..n_files}.parquet``; return a summary."""
+    """Write ``root/images/*.jpg`` (+ ``metadata.jsonl`` captions) and ``root/metadata/2B-en-4.5_{1..n_files}.parquet``."""
     rng = random.Random(seed)
     images_dir = root / "images"
     meta_dir = root / "metadata"
@@ -76,6 +77,11 @@ def make_sample(root: Path, n_rows: int, base_url: str, n_files: int = 2, seed: 
         ("similarity", pa.float64()), ("punsafe", pa.float64()), ("pwatermark", pa.float64()),
         ("AESTHETIC_SCORE", pa.float64()), ("hash", pa.int64()), ("__index_level_0__", pa.int64()),
     ])
+    # The same captions in the Hugging Face imagefolder convention, so the folder doubles as an example
+    # of "your own captioned images" (make_dataset_from_images.py) in the tutorial.
+    with open(images_dir / "metadata.jsonl", "w", encoding="utf-8") as fh:
+        for i, row in enumerate(rows):
+            fh.write(json.dumps({"file_name": f"{i:06d}.jpg", "text": row["TEXT"]}) + "\n")
     for k, chunk in enumerate(np.array_split(np.arange(n_rows), n_files), start=1):
         table = pa.Table.from_pylist([rows[j] for j in chunk], schema=schema)
         pq.write_table(table, meta_dir / f"2B-en-4.5_{k}.parquet")
