@@ -20,8 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
-from mindone.utils.atomic import atomic_path, remove_stale_temps
+from mindone.utils.atomic import remove_stale_temps
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
+from mindone.utils.images import image_grid, save_png
 
 logger = logging.getLogger("text_to_image")
 
@@ -165,29 +166,6 @@ def next_index(samples_dir: Path) -> int:
     return max(taken, default=-1) + 1
 
 
-def save_png(image: np.ndarray, target: Path, parameters: str | None = None) -> None:
-    """Write a uint8 [H, W, 3] image as PNG, atomically, with an optional ``parameters`` text chunk."""
-    from PIL import Image, PngImagePlugin
-
-    info = None
-    if parameters:
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", parameters)
-    with atomic_path(target) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
-
-
-def make_grid(images: np.ndarray, columns: int) -> np.ndarray:
-    """Tile uint8 [N, H, W, 3] images row by row, ``columns`` per row (missing cells stay black)."""
-    n, h, w, c = images.shape
-    rows = math.ceil(n / columns)
-    grid = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, col = divmod(i, columns)
-        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
-    return grid
-
-
 def next_grid_index(output_dir: Path) -> int:
     """The first free grid number in ``output_dir``."""
     taken = [int(m.group(1)) for p in output_dir.glob("grid-*.png") if (m := re.fullmatch(r"grid-(\d+)", p.stem))]
@@ -244,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One row per prompt; a single sample per prompt gives a square-ish grid instead of a column.
         columns = args.n_samples if args.n_samples > 1 else math.ceil(math.sqrt(len(grid_images)))
         grid_path = output_dir / f"grid-{next_grid_index(output_dir):04d}.png"
-        save_png(make_grid(np.stack(grid_images), columns), grid_path)
+        save_png(image_grid(np.stack(grid_images), columns), grid_path)
         logger.info("wrote grid %s", grid_path)
     return 0
 

@@ -3,41 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-from PIL import Image
 
-from mindone.utils.atomic import atomic_write_bytes
+from mindone.utils.images import image_grid, save_png
 
 logger = logging.getLogger(__name__)
-
-
-def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
-    """uint8 [N, H, W, 3] -> one uint8 image with ``columns`` per row (default: ceil(sqrt(N))), black padding."""
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"expected a non-empty [N, H, W, C] array, got shape {images.shape}")
-    n, h, w, c = images.shape
-    cols = columns or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, c), dtype=images.dtype)
-    for i, img in enumerate(images):
-        r, k = divmod(i, cols)
-        grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = img
-    return grid
-
-
-def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a uint8 HWC image as PNG atomically."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
 
 
 class Validator:
