@@ -368,3 +368,26 @@ def test_resume_refuses_a_different_shard_layout(tmp_path):
     with pytest.raises(UserError, match="input_rows=25000, now 26000"):
         launch.check_resume_settings(part, kwargs, 26000)
     assert not list(part.glob("*.json"))  # img2dataset would take any *.json for a finished shard
+
+
+@pytest.mark.spark
+@pytest.mark.timeout(300)
+def test_pyspark_distributor_with_the_certificate_patch_in_the_executors(tmp_path, servers):
+    """--distributor pyspark on a real local Spark master: the patched downloader travels to the executors,
+    so self-signed HTTPS images download there too; a stock run on the same master fails them."""
+    http, https = servers
+    urls = [https.url("good", i) for i in range(4)] + [http.url("good", 11), http.url("missing", 1)]
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    pq.write_table(pa.table(laion_rows(urls)), meta / "part_1.parquet")
+    for name, extra in (("patched", ["--insecure_ssl"]), ("stock", [])):
+        out = tmp_path / name
+        run(["bash", str(SCRIPT), "1", "--metadata_dir", str(meta), "--output_dir", str(out), *SMALL,
+             "--distributor", "pyspark", "--spark_master", "local[1]", "--number_sample_per_shard", "3", *extra],
+            timeout=280)
+        status = shard_parquets(out / "part_1").set_index("url")
+        assert len(status) == len(urls)  # two shards, every row accounted for
+        https_ok = [status.loc[u, "status"] == "success" for u in urls[:4]]
+        assert all(https_ok) if name == "patched" else not any(https_ok)
+        assert status.loc[urls[4], "status"] == "success" and "404" in status.loc[urls[5], "error_message"]
+        assert len(tar_members(out / "part_1")) == (5 if name == "patched" else 1)
