@@ -75,6 +75,13 @@ def test_images_grid_and_seeding(run, tmp_path):
     run(tmp_path / "neg", "--prompt", "a red cube on a table", "--seed", "7", "--negative_prompt", "blurry, dark")
     assert not np.array_equal(_pixels(tmp_path / "neg" / "samples" / "00000.png"), reference)
 
+    # fp16 compute (what Ascend runs): the same images up to fp16 rounding, and said so in the PNG.
+    run(tmp_path / "fp16", "--prompt", "a red cube on a table", "--seed", "7", "--dtype", "fp16", "--skip_grid")
+    half = Image.open(tmp_path / "fp16" / "samples" / "00000.png")
+    diff = np.abs(np.asarray(half.convert("RGB"), np.int16) - reference.astype(np.int16))
+    assert "Dtype: fp16" in half.text["parameters"]
+    assert diff.mean() < 2.0 and diff.max() <= 16, (diff.mean(), diff.max())
+
 
 @pytest.mark.timeout(120)
 def test_prompt_file_and_size_flags(run, tmp_path):
@@ -113,5 +120,5 @@ def test_help_lists_every_flag(repo_root):
     assert proc.returncode == 0
     for flag in ("--ckpt", "--config", "--prompt", "--prompt_file", "--negative_prompt", "--sampler", "--steps",
                  "--guidance_scale", "--seed", "--n_samples", "--H", "--W", "--output_dir", "--mode", "--vocab_path",
-                 "--batch_size", "--allow_random_init", "--eta", "--lora", "--lora_merge"):
+                 "--batch_size", "--allow_random_init", "--eta", "--lora", "--lora_merge", "--dtype"):
         assert flag in proc.stdout

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="image height in pixels (default: the config's image_size)")
     sampling.add_argument("--W", type=int, default=None,
                           help="image width in pixels (default: the config's image_size)")
+    sampling.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+                          help="compute dtype of the model (MindSpore AMP O2; the attention softmax stays fp32); "
+                               "fp16 is the usual choice on Ascend; default: %(default)s")
     out = p.add_argument_group("output and runtime")
     out.add_argument("--output_dir", default="outputs/text_to_image",
                      help="where samples/ and the grid go; default: %(default)s")
@@ -136,7 +139,7 @@ def load_model(args: argparse.Namespace, cfg: dict):
     from mindspore.nn.utils import no_init_parameters
 
     from mindone.convert import load_sd_weights
-    from mindone.models.config import build_model
+    from mindone.models.config import build_model, set_compute_dtype
 
     if args.ckpt is None:
         logger.warning("no --ckpt: running with RANDOM weights (--allow_random_init); the images will be noise")
@@ -150,6 +153,7 @@ def load_model(args: argparse.Namespace, cfg: dict):
 
         apply_lora(model, args.lora, merge=args.lora_merge)
         logger.info("applied LoRA %s%s", args.lora, " (merged)" if args.lora_merge else "")
+    set_compute_dtype(model, args.dtype)
     model.set_train(False)
     return model
 
@@ -210,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sample, image in enumerate(images):
             parameters = (f"{prompt}\nNegative prompt: {args.negative_prompt}\nSampler: {args.sampler}, "
                           f"Steps: {args.steps}, Guidance: {args.guidance_scale}, Eta: {args.eta}, Seed: {args.seed}, "
-                          f"Sample: {sample}, Size: {width}x{height}, Config: {args.config}, Ckpt: {args.ckpt}"
+                          f"Sample: {sample}, Size: {width}x{height}, Dtype: {args.dtype}, Config: {args.config}, Ckpt: {args.ckpt}"
                           + (f", LoRA: {args.lora}" if args.lora else ""))
             target = samples_dir / f"{index:05d}.png"
             save_png(image, target, parameters)

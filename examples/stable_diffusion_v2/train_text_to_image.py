@@ -50,9 +50,8 @@ def check_args(args) -> None:
 
 def build_model(args, model_cfg: dict):
     """The LatentDiffusion with pretrained weights (or random init), frozen parts, LoRA and precision set."""
-    import mindspore as ms
-
     from mindone.models.config import build_model as build_ldm
+    from mindone.models.config import set_compute_dtype
     from mindone.train.lora import inject_lora, mark_only_lora_trainable
 
     model = build_ldm(model_cfg)
@@ -73,9 +72,7 @@ def build_model(args, model_cfg: dict):
     if args.use_lora:
         inject_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, text_encoder=args.lora_text_encoder)
         mark_only_lora_trainable(model)
-    if args.mixed_precision != "no":
-        dtype = ms.float16 if args.mixed_precision == "fp16" else ms.bfloat16
-        ms.amp.auto_mixed_precision(model, amp_level="O2", dtype=dtype)
+    set_compute_dtype(model, {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision))
     return model
 
 
@@ -134,7 +131,6 @@ def weights_digest(model) -> str:
 
 
 def train(args, dev) -> None:
-    import mindspore as ms
     from mindspore import Tensor
 
     from mindone.data.loader import build_dataset

@@ -70,3 +70,18 @@ def build_model(cfg: dict[str, Any]):
         scale_factor=float(cfg.get("scale_factor", 0.18215)),
         parameterization=cfg.get("parameterization", "eps"),
     )
+
+
+COMPUTE_DTYPES = ("fp32", "fp16", "bf16")
+
+
+def set_compute_dtype(model, dtype: str) -> None:
+    """Run ``model``'s cells in fp16 / bf16 with MindSpore AMP level O2, as training's ``--mixed_precision``
+    (the attention softmax stays fp32 whatever the dtype). ``fp32`` leaves the model as it is."""
+    if dtype not in COMPUTE_DTYPES:
+        raise UserError(f"compute dtype {dtype!r}: expected one of {', '.join(COMPUTE_DTYPES)}")
+    if dtype == "fp32":
+        return
+    import mindspore as ms
+
+    ms.amp.auto_mixed_precision(model, amp_level="O2", dtype=ms.float16 if dtype == "fp16" else ms.bfloat16)
