@@ -14,8 +14,8 @@ from mindspore import Tensor, nn, ops
 
 from mindone.models.attention import CrossAttention
 from mindone.models.flash_attention import check_flash_supported
-from mindone.models.layers import (GroupNorm, LayerNorm, conv2d, linear, sinusoidal_frequencies, timestep_embedding,
-                                   upsample_nearest_2x)
+from mindone.models.layers import (Conv2d, GroupNorm, LayerNorm, conv2d, linear, sinusoidal_frequencies,
+                                   timestep_embedding, upsample_nearest_2x)
 
 NORM_GROUPS = 32  # ldm's GroupNorm32
 
@@ -133,11 +133,11 @@ class Upsample(nn.Cell):
         return self.conv(upsample_nearest_2x(x))
 
 
-class InputConv(nn.Conv2d):
+class InputConv(Conv2d):
     """``input_blocks.0.0``: the stem conv, with the block call signature."""
 
     def __init__(self, in_ch: int, out_ch: int):
-        super().__init__(in_ch, out_ch, 3, pad_mode="pad", padding=1, has_bias=True)
+        super().__init__(in_ch, out_ch, 3, padding=1)
 
     def construct(self, x: Tensor, emb: Tensor, context: Tensor) -> Tensor:  # pylint: disable=arguments-differ
         return super().construct(x)

@@ -11,7 +11,7 @@ from typing import Sequence
 from mindspore import Tensor, nn, ops
 
 from mindone.models.attention import attention
-from mindone.models.layers import GroupNorm, conv2d, upsample_nearest_2x
+from mindone.models.layers import Conv2d, GroupNorm, conv2d, upsample_nearest_2x
 
 NORM_GROUPS = 32
 NORM_EPS = 1e-6
@@ -72,7 +72,7 @@ class Downsample(nn.Cell):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, pad_mode="valid", has_bias=True)
+        self.conv = Conv2d(channels, channels, 3, stride=2, pad_mode="valid")
 
     def construct(self, x: Tensor) -> Tensor:
         return self.conv(ops.pad(x, (0, 1, 0, 1)))

@@ -1,0 +1,62 @@
+"""Guards for the CPU speed fixes: they must keep the function the model computes (no timing asserts here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ms = pytest.importorskip("mindspore")
+from mindspore import Tensor, nn  # noqa: E402
+
+from mindone.models.layers import Conv2d  # noqa: E402
+
+
+class _SquareSum(nn.Cell):
+    def __init__(self, conv):
+        super().__init__(auto_prefix=False)
+        self.conv = conv
+
+    def construct(self, x):
+        y = self.conv(x)
+        return (y * y).sum()
+
+
+def _forward_and_grads(conv, x):
+    weights = conv.trainable_params()
+    grad_fn = ms.value_and_grad(_SquareSum(conv), 0, weights)
+    _, (gx, (gw, gb)) = grad_fn(x)
+    return conv(x).asnumpy(), gx.asnumpy(), gw.asnumpy(), gb.asnumpy()
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+@pytest.mark.parametrize("kernel, stride, padding, pad_mode",
+                         [(3, 1, 1, "pad"), (3, 2, 1, "pad"), (3, 2, 0, "valid"), (1, 1, 0, "pad")])
+def test_cpu_im2col_conv_matches_native_conv(mode, kernel, stride, padding, pad_mode):
+    """The CPU im2col + MatMul path of ``Conv2d`` gives the native Conv2D's output and gradients."""
+    if ms.get_context("device_target") != "CPU":
+        pytest.skip("the im2col path is CPU only")
+    previous = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    try:
+        rng = np.random.default_rng(0)
+        x = Tensor(rng.standard_normal((2, 8, 9, 10)).astype(np.float32))
+        ours = Conv2d(8, 6, kernel, stride=stride, padding=padding, pad_mode=pad_mode)
+        assert ours.im2col == (kernel > 1)
+        native = nn.Conv2d(8, 6, kernel, stride=stride, pad_mode=pad_mode, padding=padding, has_bias=True)
+        native.weight.set_data(ours.weight.value())
+        ours.bias.set_data(Tensor(rng.standard_normal(6).astype(np.float32)))
+        native.bias.set_data(ours.bias.value())
+        got, want = _forward_and_grads(ours, x), _forward_and_grads(native, x)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()))
+    finally:
+        ms.set_context(mode=previous)
+
+
+def test_conv_keeps_torch_parameter_layout():
+    conv = Conv2d(4, 5, 3, padding=1)
+    assert [p.name.rsplit(".", 1)[-1] for p in conv.get_parameters()] == ["weight", "bias"]
+    assert conv.weight.shape == (5, 4, 3, 3)
+    out = conv(Tensor(np.zeros((1, 4, 6, 6), np.float32)))
+    assert out.shape == (1, 5, 6, 6)
