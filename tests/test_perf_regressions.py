@@ -60,3 +60,37 @@ def test_conv_keeps_torch_parameter_layout():
     assert conv.weight.shape == (5, 4, 3, 3)
     out = conv(Tensor(np.zeros((1, 4, 6, 6), np.float32)))
     assert out.shape == (1, 5, 6, 6)
+
+
+def test_flat_adamw_is_bit_identical_to_mindcv_adamw():
+    """build_optimizer's bucketed AdamW updates parameters and moments exactly as mindcv's AdamW."""
+    pytest.importorskip("mindcv")
+    from mindcv.optim import create_optimizer
+
+    from mindone.train.optim import build_optimizer
+
+    def params(tag):
+        rng = np.random.default_rng(0)
+        return [ms.Parameter(Tensor(rng.standard_normal(shape).astype(np.float32)), name=f"{tag}.p{i}")
+                for i, shape in enumerate([(3, 4), (5,), (2, 3, 3), (7, 1)])]
+
+    ours_p, ref_p = params("a"), params("b")
+    schedule = [1e-2, 2e-2, 3e-2]
+    ours = build_optimizer(ours_p, schedule, weight_decay=1e-2)
+    ref = create_optimizer(ref_p, opt="adamw", lr=schedule, weight_decay=1e-2, weight_decay_filter="disable")
+    assert ours.flat
+    from mindcv.optim.optim_factory import init_group_params
+
+    multi = type(ours)(init_group_params(params("c"), 1e-2, "disable", []), learning_rate=schedule,
+                       weight_decay=1e-2, bucket_elements=16)  # several buckets
+    assert len(multi.bounds) > 1
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in ref_p]
+        for opt in (ours, ref, multi):
+            opt(tuple(Tensor(g) for g in grads))
+    for opt in (ours, multi):
+        for a, b in zip(list(opt.parameters) + list(opt.moments1) + list(opt.moments2),
+                        list(ref.parameters) + list(ref.moments1) + list(ref.moments2)):
+            np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+        assert [p.name.split(".", 1)[0] for p in opt.moments1] == ["adam_m"] * 4
