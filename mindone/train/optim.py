@@ -83,7 +83,7 @@ def _flat_adamw_class():
     step is dominated by per-kernel launch cost (tiny UNet on CPU: 494 tensors, ~7,400 kernels, ~110 ms
     of which ~40 ms is compute). This subclass concatenates parameters, moments and gradients into
     buckets of at most ``bucket_elements`` values, applies mindcv's exact element-wise update to each
-    bucket and assigns the slices back. The arithmetic per element is the same sequence of float32
+    bucket and assigns the pieces back. The arithmetic per element is the same sequence of float32
     operations, so results are bit-identical; the parameters, moments (``adam_m.*`` / ``adam_v.*``),
     beta powers and step counter are mindcv's own, so checkpoints are unchanged. Configurations the
     flat path does not cover (per-group lr, mixed weight decay, ``clip``, parallel optimizer, non-float32
@@ -95,6 +95,7 @@ def _flat_adamw_class():
     import mindspore as ms
     from mindcv.optim.adamw import AdamW
     from mindspore import ops
+    from mindspore.ops.auto_generate.gen_ops_prim import SplitWithSize
 
     one = ms.Tensor(1, ms.int32)
     flatten = ops.MultitypeFuncGraph("flatten")
@@ -104,12 +105,12 @@ def _flat_adamw_class():
     def _flatten(x):
         return x.reshape(-1)
 
-    @assign_flat.register("Tuple", "Tensor", "Number", "Number")
-    def _assign_flat(flats, param, bucket, offset):
-        return ops.assign(param, ops.slice(flats[bucket], (offset,), (param.size,)).reshape(param.shape))
+    @assign_flat.register("Tensor", "Tensor")
+    def _assign_flat(param, flat):
+        return ops.assign(param, flat.reshape(param.shape))
 
     class FlatAdamW(AdamW):
-        def __init__(self, *args, bucket_elements: int = 2**24, **kwargs):
+        def __init__(self, *args, bucket_elements: int = 2**24, bucket_tensors: int = 64, **kwargs):
             super().__init__(*args, **kwargs)
             params = list(self.parameters)
             decays = [float(w) for w in getattr(self, "group_weight_decay", [])]
@@ -119,17 +120,18 @@ def _flat_adamw_class():
                 and all(p.dtype == ms.float32 for p in params)
             )
             self.flat_decay = bool(self.decay_flags[0]) if self.flat else False
-            bounds, start, size = [], 0, 0  # contiguous [start, end) ranges of at most bucket_elements values
+            # contiguous [start, end) ranges of at most bucket_elements values and bucket_tensors tensors (a
+            # SplitWithSize of many more sections exceeds MindSpore's graph call-depth limit when compiled)
+            bounds, start, size = [], 0, 0
             for i, p in enumerate(params):
-                if i > start and size + p.size > bucket_elements:
+                if i > start and (size + p.size > bucket_elements or i - start == bucket_tensors):
                     bounds.append((start, i))
                     start, size = i, 0
                 size += p.size
             bounds.append((start, len(params)))
             self.bounds = tuple(bounds)
-            # where each parameter sits in its bucket: (bucket index, offset)
-            self.slot_bucket = tuple(k for k, (a, b) in enumerate(bounds) for _ in range(a, b))
-            self.slot_offset = tuple(int(sum(p.size for p in params[a:i])) for a, b in bounds for i in range(a, b))
+            self.bucket_sizes = tuple(tuple(int(p.size) for p in params[a:b]) for a, b in bounds)
+            self.split = SplitWithSize()
 
         def construct(self, gradients):
             if not self.flat:
@@ -144,7 +146,7 @@ def _flat_adamw_class():
             moments1 = self.hyper_map(flatten, self.moments1)
             moments2 = self.hyper_map(flatten, self.moments2)
             gradients = self.hyper_map(flatten, gradients)
-            new_params, new_m, new_v = (), (), ()  # per bucket
+            new_params, new_m, new_v = (), (), ()
             for b in range(len(self.bounds)):
                 lo, hi = self.bounds[b]
                 param = ops.concat(params[lo:hi])
@@ -163,13 +165,13 @@ def _flat_adamw_class():
                 if self.flat_decay:
                     update = ops.mul(weight_decay, param) + update
                 next_param = param - ops.mul(lr, update)
-                new_params = new_params + (next_param,)
-                new_m = new_m + (next_m,)
-                new_v = new_v + (next_v,)
-            slots = (self.slot_bucket, self.slot_offset)
-            done = self.hyper_map(ops.partial(assign_flat, new_params), self.parameters, *slots)
-            done = ops.depend(done, self.hyper_map(ops.partial(assign_flat, new_m), self.moments1, *slots))
-            return ops.depend(done, self.hyper_map(ops.partial(assign_flat, new_v), self.moments2, *slots))
+                sizes = self.bucket_sizes[b]
+                new_params = new_params + self.split(next_param, sizes, 0)
+                new_m = new_m + self.split(next_m, sizes, 0)
+                new_v = new_v + self.split(next_v, sizes, 0)
+            done = self.hyper_map(assign_flat, self.parameters, new_params)
+            done = ops.depend(done, self.hyper_map(assign_flat, self.moments1, new_m))
+            return ops.depend(done, self.hyper_map(assign_flat, self.moments2, new_v))
 
     _FLAT_ADAMW = FlatAdamW
     return FlatAdamW
