@@ -229,3 +229,26 @@ def test_lora_on_webdataset_with_workers_then_text_to_image(setup, run_a, tmp_pa
     merged = sample("merged", "--lora", str(out / "lora.ckpt"), "--lora_merge")
     assert np.abs(with_lora - base).max() > 0  # the adapters change the images
     assert np.abs(merged - with_lora).max() <= 1  # merging is the same function (uint8 rounding aside)
+
+
+@pytest.mark.timeout(600)
+def test_fp16_mixed_precision_with_dynamic_loss_scale(setup, tmp_path):
+    """--mixed_precision fp16 in GRAPH_MODE: the loss scale is applied and reported, steps stay finite,
+    the loss falls, and the exported master weights are float32."""
+    root, data, model_cfg, env = setup
+    out = tmp_path / "fp16"
+    args = train_args(data, model_cfg, out, "--mixed_precision", "fp16", "--loss_scale", "1024",
+                      "--loss_scale_window", "5")
+    args[args.index("--max_train_steps") + 1] = "20"
+    run_train(args, env, root)
+    from mindone.train.metrics import read_metrics
+
+    rows = read_metrics(out / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 21))
+    scales = [float(r["loss_scale"]) for r in rows]
+    assert scales[0] >= 1024 and max(scales) > 1024  # clean windows of 5 steps double the scale
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    first, last = np.mean([float(r["loss"]) for r in rows[:3]]), np.mean([float(r["loss"]) for r in rows[-3:]])
+    assert last < first
+    final = load_state(out / "model.ckpt")
+    assert all(v.dtype == np.float32 for k, v in final.items() if k.startswith("model.diffusion_model."))

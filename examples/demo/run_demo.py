@@ -161,10 +161,11 @@ def print_summary(out: Path, paths: dict) -> None:
     print("\nDemo finished. Where everything is:")
     if report.exists():
         rep = json.loads(report.read_text())
-        print(f"  filter report        {report}  (rows in {rep.get('rows_in_total', '?')}, rows out {rep.get('rows_out_total', '?')})")
+        print(f"  filter report        {report}  (rows in {rep['rows_in']}, rows out {rep['rows_out']})")
     for label, path in [("raw metadata", paths["metadata"]), ("filtered metadata", paths["filtered"]),
                         ("webdataset shards", paths["data"]), ("training run", paths["train"]),
-                        ("sample images", paths["samples"]), ("loss curve", out / "loss_curve.png")]:
+                        ("sample images", paths["samples"] / "samples"), ("sample grid", paths["samples"] / "grid-0000.png"),
+                        ("loss curve", out / "loss_curve.png")]:
         print(f"  {label:<20} {path}")
 
 
