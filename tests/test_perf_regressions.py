@@ -54,6 +54,33 @@ def test_cpu_im2col_conv_matches_native_conv(mode, kernel, stride, padding, pad_
         ms.set_context(mode=previous)
 
 
+def test_convs_too_big_to_unfold_take_the_native_kernel(monkeypatch):
+    """Above IM2COL_MAX_ELEMENTS of unfolded input (full-size VAE levels) the native Conv2D runs instead."""
+    import mindone.models.layers as layers
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        rng = np.random.default_rng(1)
+        x = Tensor(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
+        ours = Conv2d(4, 3, 3, padding=1)
+        native = nn.Conv2d(4, 3, 3, pad_mode="pad", padding=1, has_bias=True)
+        native.weight.set_data(ours.weight.value())
+        native.bias.set_data(ours.bias.value())
+        calls = []
+        monkeypatch.setattr(layers.ops, "unfold", lambda *a, **k: calls.append(1) or _unfold(*a, **k))
+        monkeypatch.setattr(layers, "IM2COL_MAX_ELEMENTS", 4 * 9 * 64 - 1)  # one element too small
+        np.testing.assert_allclose(ours(x).asnumpy(), native(x).asnumpy(), rtol=1e-5, atol=1e-5)
+        assert not calls
+        monkeypatch.setattr(layers, "IM2COL_MAX_ELEMENTS", 4 * 9 * 64)
+        np.testing.assert_allclose(ours(x).asnumpy(), native(x).asnumpy(), rtol=1e-5, atol=1e-5)
+        assert calls
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+
+
+_unfold = ms.ops.unfold
+
+
 def test_conv_keeps_torch_parameter_layout():
     conv = Conv2d(4, 5, 3, padding=1)
     assert [p.name.rsplit(".", 1)[-1] for p in conv.get_parameters()] == ["weight", "bias"]

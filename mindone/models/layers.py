@@ -66,6 +66,9 @@ def linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Dense:
     return nn.Dense(in_dim, out_dim, has_bias=bias)
 
 
+IM2COL_MAX_ELEMENTS = 1 << 25  # 128 MiB of float32 unfolded input per conv call (shapes are static in graphs)
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with bias and symmetric zero ``padding`` (torch layout: ``weight`` [out, in, k, k], ``bias``).
 
@@ -87,10 +90,14 @@ class Conv2d(nn.Conv2d):
     def construct(self, x: Tensor) -> Tensor:
         if not self.im2col:
             return super().construct(x)
-        b, _, h, w = x.shape
+        b, c, h, w = x.shape
         kh, kw = self.kernel_size
         ho = (h + 2 * self.pad_hw[0] - kh) // self.stride[0] + 1
         wo = (w + 2 * self.pad_hw[1] - kw) // self.stride[1] + 1
+        if b * c * kh * kw * ho * wo > IM2COL_MAX_ELEMENTS:
+            # The unfolded input is kh*kw times the activation: at full size (a 512 px VAE level) that is
+            # gigabytes per layer, kept for the backward pass. Such layers take the native kernel.
+            return super().construct(x)
         cols = ops.unfold(x, self.kernel_size, 1, self.pad_hw, self.stride)  # [B, C*kh*kw, ho*wo], (c, i, j) order
         out = ops.matmul(self.weight.reshape(self.out_channels, -1), cols)
         return self.bias_add(out.reshape(b, self.out_channels, ho, wo), self.bias)
