@@ -54,8 +54,53 @@ def test_cpu_im2col_conv_matches_native_conv(mode, kernel, stride, padding, pad_
         ms.set_context(mode=previous)
 
 
-def test_convs_too_big_to_unfold_take_the_native_kernel(monkeypatch):
-    """Above IM2COL_MAX_ELEMENTS of unfolded input (full-size VAE levels) the native Conv2D runs instead."""
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+@pytest.mark.parametrize("kernel, stride, padding, pad_mode, max_rows",
+                         [(3, 1, 1, "pad", 4), (3, 2, 1, "pad", 3), (3, 2, 0, "valid", 3), (3, 1, 1, "pad", 1)])
+def test_banded_im2col_conv_matches_native_conv(monkeypatch, mode, kernel, stride, padding, pad_mode, max_rows):
+    """Above IM2COL_MAX_ELEMENTS of unfolded input (full-size VAE levels) the conv runs in bands of output
+    rows; the result and the input / weight / bias gradients are still the native Conv2D's."""
+    import mindone.models.layers as layers
+
+    if ms.get_context("device_target") != "CPU":
+        pytest.skip("the im2col path is CPU only")
+    previous = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    try:
+        rng = np.random.default_rng(2)
+        b, c, h, w = 2, 5, 15, 9
+        x = Tensor(rng.standard_normal((b, c, h, w)).astype(np.float32))
+        ours = Conv2d(c, 4, kernel, stride=stride, padding=padding, pad_mode=pad_mode)
+        native = nn.Conv2d(c, 4, kernel, stride=stride, pad_mode=pad_mode, padding=padding, has_bias=True)
+        native.weight.set_data(ours.weight.value())
+        ours.bias.set_data(Tensor(rng.standard_normal(4).astype(np.float32)))
+        native.bias.set_data(ours.bias.value())
+        ho = (h + 2 * padding - kernel) // stride + 1
+        wo = (w + 2 * padding - kernel) // stride + 1
+        per_row = b * c * kernel * kernel * wo
+        bands = -(-ho // max_rows)
+        rows = -(-ho // bands)
+        assert bands > 1 and (ho % rows or rows == 1), "each case should have several bands, the last one shorter"
+        shapes = []
+        if mode == ms.PYNATIVE_MODE:  # a graph cannot call back into Python
+            monkeypatch.setattr(layers.ops, "unfold",
+                                lambda t, *a, **k: shapes.append(t.shape) or _unfold(t, *a, **k))
+        monkeypatch.setattr(layers, "IM2COL_MAX_ELEMENTS", per_row * max_rows)
+        got, want = _forward_and_grads(ours, x), _forward_and_grads(native, x)
+        for a, ref in zip(got, want):
+            assert a.shape == ref.shape
+            np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
+        if mode == ms.PYNATIVE_MODE:
+            assert len(shapes) % bands == 0 and len(shapes) >= bands
+            band_rows = [s[2] for s in shapes[:bands]]
+            assert band_rows[:-1] == [(rows - 1) * stride + kernel] * (bands - 1)
+            assert band_rows[-1] == (ho - (bands - 1) * rows - 1) * stride + kernel
+    finally:
+        ms.set_context(mode=previous)
+
+
+def test_convs_with_an_output_row_too_big_to_unfold_take_the_native_kernel(monkeypatch):
+    """If even one output row's unfolded input is over IM2COL_MAX_ELEMENTS the native Conv2D runs."""
     import mindone.models.layers as layers
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -68,12 +113,16 @@ def test_convs_too_big_to_unfold_take_the_native_kernel(monkeypatch):
         native.bias.set_data(ours.bias.value())
         calls = []
         monkeypatch.setattr(layers.ops, "unfold", lambda *a, **k: calls.append(1) or _unfold(*a, **k))
-        monkeypatch.setattr(layers, "IM2COL_MAX_ELEMENTS", 4 * 9 * 64 - 1)  # one element too small
+        monkeypatch.setattr(layers, "IM2COL_MAX_ELEMENTS", 4 * 9 * 8 - 1)  # one element short of one row
         np.testing.assert_allclose(ours(x).asnumpy(), native(x).asnumpy(), rtol=1e-5, atol=1e-5)
         assert not calls
-        monkeypatch.setattr(layers, "IM2COL_MAX_ELEMENTS", 4 * 9 * 64)
+        monkeypatch.setattr(layers, "IM2COL_MAX_ELEMENTS", 4 * 9 * 8)  # one row per band
         np.testing.assert_allclose(ours(x).asnumpy(), native(x).asnumpy(), rtol=1e-5, atol=1e-5)
-        assert calls
+        assert len(calls) == 8
+        monkeypatch.setattr(layers, "IM2COL_MAX_ELEMENTS", 4 * 9 * 64)  # the whole conv in one unfold
+        calls.clear()
+        np.testing.assert_allclose(ours(x).asnumpy(), native(x).asnumpy(), rtol=1e-5, atol=1e-5)
+        assert len(calls) == 1
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)
 

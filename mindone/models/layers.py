@@ -66,7 +66,7 @@ def linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Dense:
     return nn.Dense(in_dim, out_dim, has_bias=bias)
 
 
-IM2COL_MAX_ELEMENTS = 1 << 25  # 128 MiB of float32 unfolded input per conv call (shapes are static in graphs)
+IM2COL_MAX_ELEMENTS = 1 << 25  # 128 MiB of float32 unfolded input per unfold call (shapes are static in graphs)
 
 
 class Conv2d(nn.Conv2d):
@@ -78,6 +78,13 @@ class Conv2d(nn.Conv2d):
     ``jit_uni_ncsp:conv+ref:any`` for 3x3, forward and backward-data): a 3x3 conv of [8, 32, 32, 32] takes
     ~100-200 ms there against ~6 ms for unfold + MatMul (and ~2 ms in torch). Same function and parameters;
     only the summation order differs (float32 rounding, ~1e-7 relative). Other devices use the native Conv2D.
+
+    When the unfolded input would exceed ``IM2COL_MAX_ELEMENTS`` (the 256-512 px VAE levels: kh*kw times
+    the activation, gigabytes per layer), the output rows are computed in bands: the input is padded once,
+    each band of output rows takes its input rows plus the (kh - 1) halo, is unfolded and multiplied on its
+    own, and the bands are concatenated along H. Shapes are static, so the band count is a Python int and
+    the loop unrolls in GRAPH_MODE; slicing and concat are differentiable. Only if a single output row is
+    over the limit does the native kernel run.
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0,
@@ -92,15 +99,30 @@ class Conv2d(nn.Conv2d):
             return super().construct(x)
         b, c, h, w = x.shape
         kh, kw = self.kernel_size
-        ho = (h + 2 * self.pad_hw[0] - kh) // self.stride[0] + 1
-        wo = (w + 2 * self.pad_hw[1] - kw) // self.stride[1] + 1
-        if b * c * kh * kw * ho * wo > IM2COL_MAX_ELEMENTS:
-            # The unfolded input is kh*kw times the activation: at full size (a 512 px VAE level) that is
-            # gigabytes per layer, kept for the backward pass. Such layers take the native kernel.
+        sh, sw = self.stride
+        ph, pw = self.pad_hw
+        ho = (h + 2 * ph - kh) // sh + 1
+        wo = (w + 2 * pw - kw) // sw + 1
+        per_row = b * c * kh * kw * wo  # unfolded elements per output row
+        weight = self.weight.reshape(self.out_channels, -1)
+        if per_row * ho <= IM2COL_MAX_ELEMENTS:
+            cols = ops.unfold(x, self.kernel_size, 1, self.pad_hw, self.stride)  # [B, C*kh*kw, ho*wo], (c, i, j)
+            out = ops.matmul(weight, cols)
+            return self.bias_add(out.reshape(b, self.out_channels, ho, wo), self.bias)
+        max_rows = IM2COL_MAX_ELEMENTS // per_row
+        if max_rows < 1:
             return super().construct(x)
-        cols = ops.unfold(x, self.kernel_size, 1, self.pad_hw, self.stride)  # [B, C*kh*kw, ho*wo], (c, i, j) order
-        out = ops.matmul(self.weight.reshape(self.out_channels, -1), cols)
-        return self.bias_add(out.reshape(b, self.out_channels, ho, wo), self.bias)
+        bands = -(-ho // max_rows)
+        rows = -(-ho // bands)  # even bands; the last one may be shorter
+        if ph or pw:
+            x = ops.pad(x, (pw, pw, ph, ph))
+        outs = []
+        for r0 in range(0, ho, rows):
+            n = min(rows, ho - r0)
+            band = x[:, :, r0 * sh:(r0 + n - 1) * sh + kh, :]
+            cols = ops.unfold(band, self.kernel_size, 1, 0, self.stride)
+            outs.append(ops.matmul(weight, cols).reshape(b, self.out_channels, n, wo))
+        return self.bias_add(ops.cat(outs, axis=2), self.bias)
 
 
 def conv2d(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
