@@ -43,6 +43,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="alternating torch/MindSpore rounds (default: %(default)s)")
     parser.add_argument("--full", action="store_true", help="time one full-size SD 2.x-base step instead")
     parser.add_argument("--resolution", type=int, default=256, help="image size for --full (default: %(default)s)")
+    parser.add_argument("--mode", choices=("graph", "pynative"), default="graph",
+                        help="MindSpore mode for --full (default: %(default)s)")
+    parser.add_argument("--jit-level", choices=("O0", "O1", "O2"), help="GRAPH_MODE jit_level for --full")
+    parser.add_argument("--max-rss-gb", type=float, default=21.0,
+                        help="--full stops itself above this resident memory (default: %(default)s)")
     parser.add_argument("--worker", choices=("torch", "mindspore"), help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -121,7 +126,7 @@ def mindspore_step(model, optimizer, data: dict, latent: tuple[int, int, int]):
     def step(i: int) -> None:
         n = sample_step_noise(0, 0, i, 0, data["images"].shape[0], latent)
         out = train_step(images, ids, ms.Tensor(n.noise), ms.Tensor(n.posterior_noise), ms.Tensor(n.timesteps))
-        last["loss"] = out.loss
+        last["loss"], last["grad_norm"], last["overflow"] = out.loss, out.grad_norm, out.overflow
 
     return step, last
 
@@ -151,32 +156,114 @@ def bench_mindspore(weights: str, data: dict, warmup: int, steps: int, threads: 
     return first, per_step, last["loss"]
 
 
-def bench_full(resolution: int) -> None:
+def plain_sgd(params, lr: float):
+    """``w -= lr * g`` with no optimizer state. ``nn.SGD`` clones every weight twice (``accum`` and
+    ``stat``, even at momentum 0): +6.9 GB for the full-size UNet, which this machine does not have."""
     import mindspore as ms
-    from mindspore import nn
+    from mindspore import nn, ops
+
+    update = ops.MultitypeFuncGraph("plain_sgd_update")
+
+    @update.register("Tensor", "Tensor", "Tensor")
+    def _(lr_value, param, grad):
+        return ops.assign(param, param - lr_value * grad.astype(param.dtype))
+
+    class PlainSGD(nn.Optimizer):
+        def __init__(self):
+            super().__init__(lr, params)
+            self.hyper_map = ops.HyperMap()
+
+        def construct(self, gradients):
+            lr_value = self.get_lr().astype(ms.float32)
+            return self.hyper_map(ops.partial(update, lr_value), self._parameters, gradients)
+
+    return PlainSGD()
+
+
+class RssWatch:
+    """Samples this process's resident memory every 0.2 s; exits the process above ``limit_gb``.
+
+    The machine has no swap: past ~21 GB the kernel would OOM-kill this (or a neighbour) instead.
+    """
+
+    def __init__(self, limit_gb: float) -> None:
+        import threading
+
+        self.limit = limit_gb
+        self.peak = 0.0
+        self.stage = "start"
+        self.stage_peaks: dict[str, float] = {}
+        threading.Thread(target=self._run, daemon=True).start()
+
+    @staticmethod
+    def rss_gb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 1e9
+
+    def _run(self) -> None:
+        import os
+
+        while True:
+            rss = self.rss_gb()
+            self.peak = max(self.peak, rss)
+            self.stage_peaks[self.stage] = max(self.stage_peaks.get(self.stage, 0.0), rss)
+            if rss > self.limit:
+                print(f"RSS {rss:.1f} GB > {self.limit} GB during {self.stage}: stopping", flush=True)
+                os._exit(3)
+            time.sleep(0.2)
+
+    def enter(self, stage: str) -> None:
+        self.stage = stage
+        print(f"[{time.strftime('%H:%M:%S')}] {stage} (RSS {self.rss_gb():.1f} GB)", flush=True)
+
+
+def bench_full(resolution: int, mode: str, jit_level: str | None, max_rss_gb: float) -> None:
+    """One full-size SD 2.x-base training step (VAE encode + text encode + UNet fwd/bwd + clip + SGD)."""
+    import os
+
+    import mindspore as ms
+    from mindspore.nn.utils import no_init_parameters
 
     from mindone.models.config import build_model, load_model_config
     from mindone.train.loss import latent_shape
 
-    ms.set_context(mode=ms.GRAPH_MODE)
+    watch = RssWatch(max_rss_gb)
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     ms.set_device("CPU")
+    if jit_level:
+        ms.set_context(jit_config={"jit_level": jit_level})
     cfg = load_model_config("v2-base-512-eps")
+    watch.enter("build")
     start = time.perf_counter()
-    model = build_model(cfg)
-    freeze_all_but_unet(model)
+    with no_init_parameters():  # no weight memory yet: each parameter is filled once, below
+        model = build_model(cfg)
     built = time.perf_counter() - start
-    optimizer = nn.SGD(model.trainable_params(), learning_rate=1e-5)
+    watch.enter("init")
+    start = time.perf_counter()
+    model.init_parameters_data()  # random weights (the checkpoint would be loaded here instead)
+    initialised = time.perf_counter() - start
+    freeze_all_but_unet(model)
+    optimizer = plain_sgd(model.trainable_params(), 1e-5)
     step, last = mindspore_step(model, optimizer, batch_inputs(1, resolution), latent_shape(cfg, resolution))
-    start = time.perf_counter()
-    step(0)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    step(1)
-    second = time.perf_counter() - start
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"full-size SD 2.x-base training step, {resolution} px, batch 1, MindSpore GRAPH_MODE on CPU (SGD)")
-    print(f"  build (random init): {built:.1f} s   first step (compile + run): {first:.1f} s   "
-          f"step: {second:.1f} s   peak RSS: {peak_gb:.1f} GB   loss: {last['loss']:.4f}")
+    times = []
+    for i, stage in enumerate(("first step (compile + run)", "second step")):
+        watch.enter(stage)
+        start = time.perf_counter()
+        step(i)
+        loss = float(last["loss"])
+        times.append(time.perf_counter() - start)
+        print(f"  {stage}: {times[-1]:.1f} s, loss {loss:.4f}, grad norm {last['grad_norm']:.4g}, "
+              f"overflow {last['overflow']}", flush=True)
+    watch.enter("done")
+    peak_gb = max(watch.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)
+    label = "GRAPH_MODE" + (f" jit_level {jit_level}" if jit_level else "") if mode == "graph" else "PYNATIVE"
+    print(f"full-size SD 2.x-base training step, {resolution} px, batch 1, MindSpore {ms.__version__} {label} "
+          f"on CPU (VAE encode + text encode + UNet fwd/bwd + clip 1.0 + SGD)")
+    print(f"  build (no_init_parameters): {built:.1f} s   init weights: {initialised:.1f} s   "
+          f"first step (compile + run): {times[0]:.1f} s   second step: {times[1]:.1f} s")
+    print("  peak RSS: " + f"{peak_gb:.1f} GB (" + ", ".join(f"{k} {v:.1f}" for k, v in watch.stage_peaks.items()
+                                                          if k not in ("start", "done")) + ")"
+          f"   loss: {loss:.4f}   load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -202,7 +289,7 @@ def main() -> None:
         run_worker(args)
         return
     if args.full:
-        bench_full(args.resolution)
+        bench_full(args.resolution, args.mode, args.jit_level, args.max_rss_gb)
         return
     from mindone.convert.diffusers_reference import build_reference_models
     from mindone.models.config import load_model_config
