@@ -60,13 +60,32 @@ class Condition:
         """Boolean numpy mask: True where the row passes (the fast path of the arrow engine)."""
         typ = column.type
         if self.op in (">=", "<=") and (pa.types.is_floating(typ) or pa.types.is_integer(typ)):
-            # nulls become NaN here, and every comparison with NaN is False
-            values = column.to_numpy(zero_copy_only=False)
-            if values.dtype != np.float64:  # compare in float64 like Arrow and Spark (0.98f > 0.98)
-                values = values.astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                return values >= self.value if self.op == ">=" else values <= self.value
+            chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+            if not chunks:
+                return np.zeros(0, bool)
+            masks = [self._numeric_mask(c) for c in chunks]
+            return masks[0] if len(masks) == 1 else np.concatenate(masks)
         return self.arrow_mask(column).to_numpy(zero_copy_only=False)
+
+    def _numeric_mask(self, arr: pa.Array) -> np.ndarray:
+        """Compare the values buffer in numpy (in float64, like Arrow and Spark: 0.98f > 0.98), then drop nulls.
+
+        Straight from the buffers: ``to_numpy`` with nulls would go through pyarrow's pandas shim
+        (importing pandas, 0.2 s) and a NaN-filled copy. NaN compares False, so NaN rows fail.
+        """
+        typ, n, off = arr.type, len(arr), arr.offset
+        validity, data = arr.buffers()[:2]
+        if n == 0 or data is None:
+            return np.zeros(n, bool)
+        kind = "f" if pa.types.is_floating(typ) else "i" if pa.types.is_signed_integer(typ) else "u"
+        values = np.frombuffer(data, np.dtype(f"{kind}{typ.bit_width // 8}"), count=off + n)[off:]
+        if values.dtype != np.float64:
+            values = values.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            ok = values >= self.value if self.op == ">=" else values <= self.value
+        if arr.null_count and validity is not None:
+            ok &= np.unpackbits(np.frombuffer(validity, np.uint8), count=off + n, bitorder="little")[off:].view(bool)
+        return ok
 
     def arrow_mask(self, column: pa.Array | pa.ChunkedArray) -> pa.Array:
         """Boolean mask without nulls: True where the row passes."""

@@ -22,6 +22,12 @@ DICTIONARY_COLUMNS = {"LANGUAGE", "language", "lang"}
 _DONE = object()
 
 
+def bool_array(mask: np.ndarray) -> pa.BooleanArray:
+    """A numpy bool mask as an Arrow array, built from its packed bits (``pa.array`` would import pandas)."""
+    bits = np.packbits(np.asarray(mask, bool), bitorder="little")
+    return pa.BooleanArray.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])
+
+
 class PartitionWriter:
     """Write rows, in order, into ``out_dir/part_<N>.parquet`` (1-based) with ``sizes[N-1]`` rows each."""
 
@@ -83,9 +89,9 @@ class PartitionWriter:
                 continue  # keep draining so the producer never blocks
             try:
                 data, mask = item
-                table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
                 if mask is not None:
-                    table = table.filter(pa.array(mask))
+                    data = data.filter(bool_array(mask))
+                table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
                 if self.transform is not None:
                     table = self.transform(table)
                 self._add(table)
