@@ -80,11 +80,11 @@ class Conv2d(nn.Conv2d):
     only the summation order differs (float32 rounding, ~1e-7 relative). Other devices use the native Conv2D.
 
     When the unfolded input would exceed ``IM2COL_MAX_ELEMENTS`` (the 256-512 px VAE levels: kh*kw times
-    the activation, gigabytes per layer), the output rows are computed in bands: the input is padded once,
-    each band of output rows takes its input rows plus the (kh - 1) halo, is unfolded and multiplied on its
-    own, and the bands are concatenated along H. Shapes are static, so the band count is a Python int and
-    the loop unrolls in GRAPH_MODE; slicing and concat are differentiable. Only if a single output row is
-    over the limit does the native kernel run.
+    the activation, gigabytes per layer), the output rows are computed in bands: zero rows are added above
+    and below once (the width is padded by each unfold), each band of output rows takes its input rows plus
+    the (kh - 1) halo, is unfolded and multiplied on its own, and the bands are concatenated along H. Shapes
+    are static, so the band count is a Python int and the loop unrolls in GRAPH_MODE; slicing and concat are
+    differentiable. Only if a single output row is over the limit does the native kernel run.
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0,
@@ -114,13 +114,15 @@ class Conv2d(nn.Conv2d):
             return super().construct(x)
         bands = -(-ho // max_rows)
         rows = -(-ho // bands)  # even bands; the last one may be shorter
-        if ph or pw:
-            x = ops.pad(x, (pw, pw, ph, ph))
+        if ph:
+            # zero rows by concatenation, not ops.pad: its CPU gradient (PadV3Grad) has hung in GRAPH_MODE
+            zeros = ops.zeros((b, c, ph, w), x.dtype)
+            x = ops.concat((zeros, x, zeros), axis=2)
         outs = []
         for r0 in range(0, ho, rows):
             n = min(rows, ho - r0)
             band = x[:, :, r0 * sh:(r0 + n - 1) * sh + kh, :]
-            cols = ops.unfold(band, self.kernel_size, 1, 0, self.stride)
+            cols = ops.unfold(band, self.kernel_size, 1, (0, pw), self.stride)  # W padded by unfold
             outs.append(ops.matmul(weight, cols).reshape(b, self.out_channels, n, wo))
         return self.bias_add(ops.cat(outs, axis=2), self.bias)
 
