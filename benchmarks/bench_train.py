@@ -9,12 +9,14 @@ torch.optim.AdamW, clip_grad_norm_); MindSpore runs mindone.train.TrainStep over
 the step's noise drawn on the host as the training script does. Each framework runs in its own process
 with the same thread count, in ``--rounds`` alternating rounds; the median step of the best round counts.
 
-``--full`` instead times one full-size SD 2.x-base step at 256 px (batch 1, random weights) in MindSpore
-GRAPH_MODE and reports its compile time, step time and peak memory (RSS). It uses plain SGD so that the
-measurement fits a shared 24 GiB machine; AdamW adds two float32 moments per UNet weight (+6.9 GB).
+``--full`` instead times one full-size SD 2.x-base training step at 256 px (batch 1, seeded random weights,
+the same TrainStep including the frozen VAE and text encodes) in MindSpore GRAPH_MODE or PYNATIVE and
+reports build, first-step (compile + run) and second-step times, peak memory (RSS) and the losses; it stops
+itself above ``--max-rss-gb``. It uses a stateless SGD so that the measurement fits a shared 24 GiB machine;
+AdamW adds two float32 moments per UNet weight (+6.9 GB).
 
     .venv/bin/python benchmarks/bench_train.py [--batch 8] [--steps 20] [--threads 1] [--rounds 2]
-    .venv/bin/python benchmarks/bench_train.py --full [--resolution 256]
+    .venv/bin/python benchmarks/bench_train.py --full [--resolution 256] [--mode graph|pynative]
 """
 
 from __future__ import annotations
