@@ -44,7 +44,7 @@ def build_reference_models(cfg: Mapping[str, Any], seed: int = 0, perturb: float
         in_channels=3, out_channels=3, latent_channels=vae_cfg["z_channels"], block_out_channels=vae_channels,
         down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
         up_block_types=("UpDecoderBlock2D",) * len(vae_channels), layers_per_block=vae_cfg["num_res_blocks"],
-        norm_num_groups=32)
+        norm_num_groups=vae_cfg.get("norm_num_groups", 32))
     # OpenCLIP's text tower is a CLIP text transformer with exact GELU; SD 2 runs it to the penultimate
     # block, i.e. a CLIPTextModel with that many layers whose last_hidden_state includes the final norm.
     text = transformers.CLIPTextModel(transformers.CLIPTextConfig(

@@ -13,22 +13,22 @@ from mindspore import Tensor, nn, ops
 from mindone.models.attention import attention
 from mindone.models.layers import Conv2d, GroupNorm, conv2d, upsample_nearest_2x
 
-NORM_GROUPS = 32
+NORM_GROUPS = 32  # ldm's VAE always uses 32 (diffusers: norm_num_groups); narrow models may set fewer
 NORM_EPS = 1e-6
 
 
-def _norm(channels: int) -> GroupNorm:
-    return GroupNorm(NORM_GROUPS, channels, eps=NORM_EPS)
+def _norm(channels: int, groups: int = NORM_GROUPS) -> GroupNorm:
+    return GroupNorm(groups, channels, eps=NORM_EPS)
 
 
 class ResnetBlock(nn.Cell):
     """norm1, SiLU, conv1, norm2, SiLU, dropout, conv2; ``nin_shortcut`` 1x1 conv when channels change."""
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, groups: int = NORM_GROUPS):
         super().__init__()
-        self.norm1 = _norm(in_channels)
+        self.norm1 = _norm(in_channels, groups)
         self.conv1 = conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(out_channels)
+        self.norm2 = _norm(out_channels, groups)
         self.dropout = nn.Dropout(p=dropout)
         self.conv2 = conv2d(out_channels, out_channels, 3, padding=1)
         self.silu = nn.SiLU()
@@ -47,9 +47,9 @@ class ResnetBlock(nn.Cell):
 class AttnBlock(nn.Cell):
     """Single-head spatial self-attention with 1x1-conv projections (``mid.attn_1``)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int = NORM_GROUPS):
         super().__init__()
-        self.norm = _norm(channels)
+        self.norm = _norm(channels, groups)
         self.q = conv2d(channels, channels, 1)
         self.k = conv2d(channels, channels, 1)
         self.v = conv2d(channels, channels, 1)
@@ -75,7 +75,19 @@ class Downsample(nn.Cell):
         self.conv = Conv2d(channels, channels, 3, stride=2, pad_mode="valid")
 
     def construct(self, x: Tensor) -> Tensor:
-        return self.conv(ops.pad(x, (0, 1, 0, 1)))
+        return self.conv(pad_bottom_right(x))
+
+
+def pad_bottom_right(x: Tensor) -> Tensor:
+    """One zero column on the right and one zero row at the bottom of an NCHW tensor.
+
+    Built from concatenations rather than ``ops.pad``: on the CPU backend the gradient of ``ops.pad``
+    (PadV3Grad) hung, spinning, after a few VAE training steps in GRAPH_MODE (MindSpore 2.10); the concat's
+    gradient is a slice. Same values either way.
+    """
+    b, c, h, w = x.shape
+    x = ops.concat((x, ops.zeros((b, c, h, 1), x.dtype)), axis=3)
+    return ops.concat((x, ops.zeros((b, c, 1, w + 1), x.dtype)), axis=2)
 
 
 class Upsample(nn.Cell):
@@ -108,11 +120,11 @@ class Level(nn.Cell):
 
 
 class MidBlock(nn.Cell):
-    def __init__(self, channels: int, dropout: float):
+    def __init__(self, channels: int, dropout: float, groups: int = NORM_GROUPS):
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, dropout)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels, dropout)
+        self.block_1 = ResnetBlock(channels, channels, dropout, groups)
+        self.attn_1 = AttnBlock(channels, groups)
+        self.block_2 = ResnetBlock(channels, channels, dropout, groups)
 
     def construct(self, x: Tensor) -> Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -120,7 +132,7 @@ class MidBlock(nn.Cell):
 
 class Encoder(nn.Cell):
     def __init__(self, in_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, groups: int = NORM_GROUPS):
         super().__init__()
         self.conv_in = conv2d(in_channels, ch, 3, padding=1)
         levels = []
@@ -128,13 +140,13 @@ class Encoder(nn.Cell):
         for i, mult in enumerate(ch_mult):
             blocks = []
             for _ in range(num_res_blocks):
-                blocks.append(ResnetBlock(block_in, ch * mult, dropout))
+                blocks.append(ResnetBlock(block_in, ch * mult, dropout, groups))
                 block_in = ch * mult
             down = Downsample(block_in) if i != len(ch_mult) - 1 else None
             levels.append(Level(blocks, down, "downsample"))
         self.down = nn.CellList(levels)
-        self.mid = MidBlock(block_in, dropout)
-        self.norm_out = _norm(block_in)
+        self.mid = MidBlock(block_in, dropout, groups)
+        self.norm_out = _norm(block_in, groups)
         self.silu = nn.SiLU()
         self.conv_out = conv2d(block_in, 2 * z_channels, 3, padding=1)
 
@@ -148,20 +160,20 @@ class Encoder(nn.Cell):
 
 class Decoder(nn.Cell):
     def __init__(self, out_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, groups: int = NORM_GROUPS):
         super().__init__()
         block_in = ch * ch_mult[-1]
         self.conv_in = conv2d(z_channels, block_in, 3, padding=1)
-        self.mid = MidBlock(block_in, dropout)
+        self.mid = MidBlock(block_in, dropout, groups)
         levels = []  # built from the lowest resolution up, stored so that up[i] is level i as in ldm
         for i in reversed(range(len(ch_mult))):
             blocks = []
             for _ in range(num_res_blocks + 1):
-                blocks.append(ResnetBlock(block_in, ch * ch_mult[i], dropout))
+                blocks.append(ResnetBlock(block_in, ch * ch_mult[i], dropout, groups))
                 block_in = ch * ch_mult[i]
             levels.insert(0, Level(blocks, Upsample(block_in) if i != 0 else None, "upsample"))
         self.up = nn.CellList(levels)
-        self.norm_out = _norm(block_in)
+        self.norm_out = _norm(block_in, groups)
         self.silu = nn.SiLU()
         self.conv_out = conv2d(block_in, out_channels, 3, padding=1)
         self.num_levels = len(ch_mult)
@@ -178,11 +190,11 @@ class AutoencoderKL(nn.Cell):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, ch: int = 128,
                  ch_mult: Sequence[int] = (1, 2, 4, 4), num_res_blocks: int = 2, z_channels: int = 4,
-                 embed_dim: int = 4, dropout: float = 0.0):
+                 embed_dim: int = 4, dropout: float = 0.0, norm_num_groups: int = NORM_GROUPS):
         super().__init__()
         self.layout = {"ch_mult": list(ch_mult), "num_res_blocks": num_res_blocks}  # used by the converter
-        self.encoder = Encoder(in_channels, ch, ch_mult, num_res_blocks, z_channels, dropout)
-        self.decoder = Decoder(out_channels, ch, ch_mult, num_res_blocks, z_channels, dropout)
+        self.encoder = Encoder(in_channels, ch, ch_mult, num_res_blocks, z_channels, dropout, norm_num_groups)
+        self.decoder = Decoder(out_channels, ch, ch_mult, num_res_blocks, z_channels, dropout, norm_num_groups)
         self.quant_conv = conv2d(2 * z_channels, 2 * embed_dim, 1)
         self.post_quant_conv = conv2d(embed_dim, z_channels, 1)
 
