@@ -252,3 +252,34 @@ def test_fp16_mixed_precision_with_dynamic_loss_scale(setup, tmp_path):
     assert last < first
     final = load_state(out / "model.ckpt")
     assert all(v.dtype == np.float32 for k, v in final.items() if k.startswith("model.diffusion_model."))
+
+
+@pytest.mark.timeout(600)
+def test_autoencoder_stage_then_unet_from_it(setup, tmp_path):
+    """--train_target vae in GRAPH_MODE trains only the autoencoder (past step 18, where ops.pad's gradient
+    once hung) and its reconstruction loss falls; a UNet run started from its model.ckpt keeps that VAE."""
+    root, data, model_cfg, env = setup
+    vae_out, unet_out = tmp_path / "vae", tmp_path / "unet"
+    args = train_args(data, model_cfg, vae_out, "--train_target", "vae", "--lr_scheduler", "constant",
+                      "--learning_rate", "3e-3")
+    run_train(args, env, root)
+    loss = read_loss(vae_out)
+    assert sorted(loss) == list(range(1, STEPS + 1))
+    start = np.mean([loss[s] for s in range(1, 5)])
+    end = np.mean([loss[s] for s in range(STEPS - 4, STEPS + 1)])
+    assert end < 0.75 * start, f"reconstruction loss did not fall: {start:.3f} -> {end:.3f}"
+    assert not (vae_out / "samples").exists()  # validation samples need a trained UNet: skipped
+    vae_final = load_state(vae_out / "model.ckpt")
+    vae_state = load_state(vae_out / "checkpoints" / f"checkpoint-{STEPS}" / "train_state.ckpt")
+    # EMA tracked the autoencoder's weights alone (every one of them).
+    tracked = {k[len("ema."):] for k in vae_state if k.startswith("ema.")} & set(vae_final)
+    assert tracked == {k for k in vae_final if k.startswith("first_stage_model.")}, sorted(tracked)[:5]
+
+    args = train_args(data, model_cfg, unet_out, "--pretrained_model_path", str(vae_out / "model.ckpt"))
+    args[args.index("--max_train_steps") + 1] = "3"
+    run_train(args, env, root)
+    unet_final = load_state(unet_out / "model.ckpt")
+    vae_keys = [k for k in vae_final if k.startswith("first_stage_model.")]
+    assert all(np.array_equal(unet_final[k], vae_final[k]) for k in vae_keys)  # frozen, carried over
+    unet_keys = [k for k in vae_final if k.startswith("model.diffusion_model.")]
+    assert any(not np.array_equal(unet_final[k], vae_final[k]) for k in unet_keys)

@@ -44,6 +44,8 @@ def check_args(args) -> None:
         raise UserError(f"--shuffle_buffer {args.shuffle_buffer}: must be at least 1")
     if args.learning_rate <= 0:
         raise UserError(f"--learning_rate {args.learning_rate}: must be positive")
+    if args.train_target == "vae" and (args.use_lora or args.train_text_encoder):
+        raise UserError("--train_target vae trains the autoencoder alone: drop --use_lora / --train_text_encoder")
     if args.use_lora and args.train_text_encoder:
         raise UserError("--train_text_encoder with --use_lora: use --lora_text_encoder to adapt the text tower")
 
@@ -62,13 +64,15 @@ def build_model(args, model_cfg: dict):
         logger.info("loaded %s (%s)", args.pretrained_model_path, report)
     else:
         logger.info("no --pretrained_model_path: training from random initialisation")
+        if args.vae_init_logvar is not None:
+            init_posterior_logvar(model.first_stage_model, args.vae_init_logvar)
     if args.prediction_type:
         model.parameterization = "v" if args.prediction_type == "v_prediction" else "eps"
 
+    trained = ("first_stage_model.",) if args.train_target == "vae" else (
+        ("model.diffusion_model.", "cond_stage_model.") if args.train_text_encoder else ("model.diffusion_model.",))
     for name, param in model.parameters_and_names():
-        trainable = name.startswith("model.diffusion_model.") or (
-            args.train_text_encoder and name.startswith("cond_stage_model."))
-        param.requires_grad = trainable
+        param.requires_grad = name.startswith(trained)
     if args.use_lora:
         inject_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, text_encoder=args.lora_text_encoder)
         mark_only_lora_trainable(model)
@@ -106,10 +110,29 @@ def batch_stream(args, tokenizer, rank: int, world_size: int, start_batch: int,
         epoch, offset = epoch + 1, 0
 
 
+def init_posterior_logvar(vae, value: float) -> None:
+    """Start a fresh VAE's posterior log-variance at ``value`` (the log-variance half of quant_conv's bias).
+
+    At zero init the posterior std is ~1 while the latent means are ~0.3, so every sampled latent is mostly
+    noise; Adam moves the bias by about the learning rate per step, which takes thousands of steps to undo.
+    A trained SD VAE ends near-deterministic (logvar around -10 to -20); starting there lets a short run
+    learn the reconstruction at once.
+    """
+    import numpy as np
+    from mindspore import Tensor
+
+    bias = vae.quant_conv.bias
+    values = bias.asnumpy().copy()
+    values[values.shape[0] // 2:] = value
+    bias.set_data(Tensor(values, bias.dtype))
+    logger.info("posterior log-variance initialised at %g (--vae_init_logvar)", value)
+
+
 # Options that change the compiled train graph (for the compile-cache key); data and schedule options do not.
 GRAPH_OPTIONS = ("model_config", "resolution", "train_batch_size", "gradient_accumulation_steps", "mixed_precision",
                  "prediction_type", "snr_gamma", "max_grad_norm", "use_ema", "train_text_encoder", "use_lora",
-                 "lora_rank", "lora_alpha", "lora_text_encoder", "mode", "device_target", "distributed")
+                 "lora_rank", "lora_alpha", "lora_text_encoder", "train_target", "mode", "device_target",
+                 "distributed")
 
 
 def graph_fingerprint(args) -> str:
@@ -144,6 +167,7 @@ def train(args, dev) -> None:
     from mindone.train.metrics import MetricsLogger
     from mindone.train.optim import build_lr_schedule, build_optimizer, scaled_learning_rate
     from mindone.train.train_step import LossScaler, TrainStep
+    from mindone.train.vae_loss import AutoencoderLoss
     from mindone.train.validation import Validator
 
     out = Path(args.output_dir)
@@ -168,9 +192,12 @@ def train(args, dev) -> None:
     ema = EMA(trainable, max_decay=args.ema_decay) if args.use_ema else None
     fp16 = args.mixed_precision == "fp16"
     scaler = LossScaler(args.loss_scale if fp16 else 1.0, dynamic=fp16, window=args.loss_scale_window)
-    # Gradients must reach the text tower when it is trained, in full or through its LoRA adapters.
-    text_grads = args.train_text_encoder or (args.use_lora and args.lora_text_encoder)
-    loss_cell = DiffusionLoss(model, NoiseSchedule(), model.parameterization, args.snr_gamma, text_grads)
+    if args.train_target == "vae":
+        loss_cell = AutoencoderLoss(model, args.vae_kl_weight)
+    else:
+        # Gradients must reach the text tower when it is trained, in full or through its LoRA adapters.
+        text_grads = args.train_text_encoder or (args.use_lora and args.lora_text_encoder)
+        loss_cell = DiffusionLoss(model, NoiseSchedule(), model.parameterization, args.snr_gamma, text_grads)
     step_fn = TrainStep(loss_cell, optimizer, scaler, accum, args.max_grad_norm, ema)
     state = list(model.parameters_and_names()) + named(step_fn.state_parameters())
 
@@ -197,7 +224,7 @@ def train(args, dev) -> None:
                 steps_per_epoch)
     metrics = MetricsLogger(out, max_steps, global_step, enabled=dev.is_main)
     validate = None
-    if dev.is_main and args.validation_prompts:
+    if dev.is_main and args.validation_prompts and args.train_target == "unet":
         validate = Validator(model, tokenizer, args.validation_prompts, out, args.resolution, ema,
                              args.validation_inference_steps, args.validation_guidance_scale, args.seed)
     batches = batch_stream(args, tokenizer, dev.rank, dev.world_size, global_step * accum, steps_per_epoch)

@@ -52,6 +52,14 @@ TRAIN_OPTIONS: list[Option] = [
            "open_clip_torch package)", group="model"),
     Option("prediction_type", str, None, "training target; unset: the model config's parameterization",
            choices=PREDICTION_TYPES, group="model"),
+    Option("train_target", str, "unet", "unet: the diffusion model (SD training and fine-tuning); vae: the "
+           "autoencoder alone (L1 reconstruction + KL), for a model that starts from random weights, such as "
+           "the demo's tiny one; train the UNet from its model.ckpt afterwards", choices=("unet", "vae"),
+           group="model"),
+    Option("vae_kl_weight", float, 1e-6, "with --train_target vae: weight of the KL term (ldm: 1e-6)", group="model"),
+    Option("vae_init_logvar", float, None, "without --pretrained_model_path: start the VAE posterior's log-variance "
+           "here (e.g. -8, near-deterministic like a trained SD VAE) instead of 0, so a short --train_target vae "
+           "run is not swamped by posterior noise; unset: plain init", group="model"),
     Option("train_text_encoder", bool, False, "also train the text encoder (default: frozen)", group="model"),
     Option("use_lora", bool, False, "train LoRA adapters on the UNet attention instead of the full UNet",
            group="model"),

@@ -1,0 +1,35 @@
+"""Autoencoder (VAE) training loss, for models that start from random weights (the demo, a new tiny config).
+
+SD 2.x fine-tuning keeps the released VAE frozen; a model trained from scratch needs an autoencoder first,
+since a frozen random decoder turns any latent into noise. The loss is ldm's ``LPIPSWithDiscriminator``
+without its perceptual and adversarial terms: per-pixel L1 reconstruction of a posterior sample plus
+``kl_weight`` times the KL divergence to N(0, I) (ldm: 1e-6), both averaged per element / per sample.
+"""
+
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+
+class AutoencoderLoss(nn.Cell):
+    """``construct(images, token_ids, noise, posterior_noise, timesteps) -> loss``: the diffusion loss's
+    signature, so the same train step drives it; only ``images`` and ``posterior_noise`` are used."""
+
+    def __init__(self, model: nn.Cell, kl_weight: float = 1e-6) -> None:
+        super().__init__(auto_prefix=False)
+        self.model = model
+        self.kl_weight = Tensor(float(kl_weight), ms.float32)
+
+    def construct(self, images: Tensor, token_ids: Tensor, noise: Tensor, posterior_noise: Tensor,
+                  timesteps: Tensor) -> Tensor:
+        vae = self.model.first_stage_model
+        images = ops.stop_gradient(images)
+        mean, logvar = vae.encode(images)
+        z = mean + ops.exp(0.5 * logvar) * posterior_noise.astype(mean.dtype)
+        recon = vae.decode(z).astype(ms.float32)
+        rec_loss = ops.abs(recon - images.astype(ms.float32)).mean()
+        mean, logvar = mean.astype(ms.float32), logvar.astype(ms.float32)
+        kl = 0.5 * (ops.square(mean) + ops.exp(logvar) - 1.0 - logvar)
+        kl_per_sample = kl.reshape(kl.shape[0], -1).sum(axis=1).mean()
+        return rec_loss + self.kl_weight * kl_per_sample
