@@ -202,6 +202,12 @@ def main() -> None:
     mm = results["bare scan, memory-mapped"]
     print(f"arrow engine / memory-mapped scan time: {arrow / mm[0]:.2f}x; CPU time ratio "
           f"{results['arrow engine'][3] / mm[3]:.2f}x")
+    if len(runs["arrow engine"]) > 1:  # each round ran scan then engine back to back: less exposed to load drift
+        med = lambda xs: sorted(xs)[len(xs) // 2]
+        pairs = list(zip(runs["bare pyarrow scan"], runs["arrow engine"]))
+        print(f"per round (engine / scan): time {', '.join(f'{e[0] / s[0]:.2f}' for s, e in pairs)} -> median "
+              f"{med([e[0] / s[0] for s, e in pairs]):.2f}x; CPU {', '.join(f'{e[2] / s[2]:.2f}' for s, e in pairs)}"
+              f" -> median {med([e[2] / s[2] for s, e in pairs]):.2f}x")
     if "spark engine" in results:
         sp = results["spark engine"][0]
         print(f"spark engine / arrow engine time: {sp / arrow:.2f}x   (goal >= 5x: {'met' if sp / arrow >= 5 else 'MISSED'})")

@@ -7,9 +7,10 @@ this one decodes the next batches. With dedup or shuffle, the surviving rows go 
 bucket pass instead (:mod:`laion_utils.shuffle_external`). Peak memory is one batch + one row group
 (+ one bucket), whatever the input size.
 
-Inputs are memory-mapped (no ``read()`` copy out of the page cache, a quarter of a scan's CPU time) and
+Inputs are memory-mapped (no ``read()`` copy out of the page cache: a fifth of a scan's CPU time) and
 each row group's pages are handed back to the kernel once it is decoded, so RSS does not grow with the
-file.
+file. (A file truncated by another process while it is being read would crash the run with SIGBUS
+instead of an error; the staging directory still keeps partial outputs out of sight.)
 """
 
 from __future__ import annotations
@@ -150,17 +151,19 @@ class _Scanner:
                         if masks is not None:
                             known = np.unpackbits(masks.get(f.path, np.zeros(0, np.uint8)), count=f.rows).view(bool)
                         src = _MappedParquet(f.path)
-                        for rg in range(src.file.num_row_groups):
-                            for batch in src.file.iter_batches(batch_size=self.plan.batch_rows, row_groups=[rg],
-                                                               columns=cols):
-                                n = batch.num_rows
-                                keep = known[offset:offset + n] if known is not None else self._masks(f, batch)
-                                offset += n
-                                kept += int(np.count_nonzero(keep))
-                                bar.update(n)
-                                yield f, batch, keep
-                            src.release(rg)
-                        src.close()
+                        try:
+                            for rg in range(src.file.num_row_groups):
+                                for batch in src.file.iter_batches(batch_size=self.plan.batch_rows, row_groups=[rg],
+                                                                   columns=cols):
+                                    n = batch.num_rows
+                                    keep = known[offset:offset + n] if known is not None else self._masks(f, batch)
+                                    offset += n
+                                    kept += int(np.count_nonzero(keep))
+                                    bar.update(n)
+                                    yield f, batch, keep
+                                src.release(rg)  # decoded: its pages can leave this process's RSS
+                        finally:
+                            src.close()
                 except (pa.ArrowException, OSError) as err:
                     first = str(err).splitlines()[0] if str(err) else type(err).__name__
                     raise UserError(f"{f.path}: cannot read ({first})") from None
@@ -186,7 +189,8 @@ def run_arrow(plan: FilterPlan, out_dir: Path, progress: bool = True) -> tuple[F
     counter = _Scanner(plan, stats, progress, "count")
     total = counter.count()
     sizes = part_sizes(total, plan.num_parts, plan.rows_per_part)
-    writer = PartitionWriter(out_dir, plan.output_schema, sizes, transform=lambda t: align(t, plan.output_schema))
+    writer = PartitionWriter(out_dir, plan.output_schema, sizes, transform=lambda t: align(t, plan.output_schema),
+                             compression=plan.compression)
     try:
         for _, batch, keep in _Scanner(plan, None, progress, "filter").batches(masks=counter.masks):
             writer.write(batch, keep)  # filtered in the writer thread, overlapping the next read
@@ -255,7 +259,7 @@ def _run_bucketed(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: 
 def _drain_buckets(scatter, plan: FilterPlan, sizes: list[int], out_dir: Path,
                    perm_rng: np.random.Generator | None, progress: bool) -> list[int]:
     """Stream buckets in order (each permuted when ``perm_rng`` is given) into the part files."""
-    writer = PartitionWriter(out_dir, plan.output_schema, sizes)
+    writer = PartitionWriter(out_dir, plan.output_schema, sizes, compression=plan.compression)
     try:
         for _, table in tqdm(scatter.buckets(), total=scatter.num_buckets, desc="write", unit="bucket",
                              disable=not progress):
