@@ -318,3 +318,44 @@ def test_plain_run_does_not_import_pandas(inputs, tmp_path):
                           capture_output=True, text=True, cwd=FILTER_CLI.parent, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def _codecs(out: Path) -> set[str]:
+    codecs = set()
+    for p in sorted(out.glob("part_*.parquet")):
+        meta = pq.ParquetFile(p).metadata
+        for rg in range(meta.num_row_groups):
+            codecs |= {meta.row_group(rg).column(c).compression for c in range(meta.num_columns)}
+    return codecs
+
+
+@pytest.mark.parametrize("codec,expected", [("snappy", "SNAPPY"), ("zstd", "ZSTD"), ("lz4", "LZ4"),
+                                            ("gzip", "GZIP"), ("none", "UNCOMPRESSED")])
+def test_compression_flag_sets_the_parts_codec(inputs, tmp_path, codec, expected):
+    data = inputs["improved_aesthetics_4.5plus"]
+    run("--data_dir", str(data), "--output_dir", str(tmp_path / "o"), "--compression", codec)
+    p = tmp_path / "o" / "part_1.parquet"
+    assert pq.ParquetFile(p).metadata.row_group(0).column(0).compression == expected
+    assert _codecs(tmp_path / "o") == {expected}
+    want = reference_filter(read_dir(data), "improved_aesthetics_4.5plus").reset_index(drop=True)
+    pd.testing.assert_frame_equal(read_dir(tmp_path / "o", "part_*.parquet"), want)
+
+
+def test_compression_default_yaml_and_bad_value(inputs, tmp_path):
+    data = inputs["laion-art"]
+    run("--data_dir", str(data), "--output_dir", str(tmp_path / "default"))
+    assert _codecs(tmp_path / "default") == {"SNAPPY"}  # the behaviour before the flag existed
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(data), "compression": "zstd"}))
+    run("--config", str(cfg), "--output_dir", str(tmp_path / "yaml"))
+    assert _codecs(tmp_path / "yaml") == {"ZSTD"}
+    run("--config", str(cfg), "--output_dir", str(tmp_path / "flag"), "--compression", "none")  # flag wins
+    assert _codecs(tmp_path / "flag") == {"UNCOMPRESSED"}
+    # the bucketed (shuffle) path writes with the same codec
+    run("--data_dir", str(data), "--output_dir", str(tmp_path / "shuf"), "--shuffle", "--compression", "gzip")
+    assert _codecs(tmp_path / "shuf") == {"GZIP"}
+    cfg.write_text("compression: brotli\n")
+    with pytest.raises(cli.UserError, match="compression: 'brotli' is not one of snappy, zstd, lz4, gzip, none"):
+        cli.main(["--config", str(cfg), "--data_dir", str(data), "--output_dir", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit):
+        cli.parse_options(["--data_dir", str(data), "--output_dir", str(tmp_path / "bad"), "--compression", "lzo"])

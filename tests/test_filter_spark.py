@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 import laion_filter_metadata as cli
@@ -102,3 +103,16 @@ def test_cli_spark_engine_own_session_matches_arrow(tmp_path):
     _same_counts(a, s)
     assert s["engine"] == "spark" and a["rows_out"] > 100
     assert canonical(read_dir(tmp_path / "arrow", "part_*.parquet")) == canonical(read_dir(tmp_path / "spark", "part_*.parquet"))
+
+
+@pytest.mark.parametrize("codec,expected", [("zstd", "ZSTD"), ("none", "UNCOMPRESSED")])
+def test_compression_flag_reaches_spark_writer(spark, mixed_dir, tmp_path, codec, expected):
+    a, s = _run_both(spark, tmp_path, mixed_dir, "--num_parts", "2", "--compression", codec)
+    _same_counts(a, s)
+    for engine in ("arrow", "spark"):
+        for p in sorted((tmp_path / engine).glob("part_*.parquet")):
+            meta = pq.ParquetFile(p).metadata
+            if meta.num_row_groups:
+                assert meta.row_group(0).column(0).compression == expected, (engine, p.name)
+    assert canonical(read_dir(tmp_path / "arrow", "part_*.parquet")) == canonical(
+        read_dir(tmp_path / "spark", "part_*.parquet"))

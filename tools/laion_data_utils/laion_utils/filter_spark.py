@@ -121,7 +121,7 @@ def run_spark(plan: FilterPlan, out_dir: Path, spark) -> tuple[FilterStats, list
     else:
         kept = kept.repartition(n)
     scratch = out_dir / "_spark_output"
-    kept.select(*out_cols).write.mode("overwrite").option("compression", "snappy").parquet(str(scratch))
+    kept.select(*out_cols).write.mode("overwrite").option("compression", plan.compression).parquet(str(scratch))
     return stats, _publish_spark_parts(scratch, out_dir, plan.output_schema)
 
 
