@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def demo_env() -> dict[str, str]:
 def run_demo(out: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, str(REPO / "examples" / "demo" / "run_demo.py"), "--output_dir", str(out), "--rows", "60",
-         "--train_steps", "6", "--sample_steps", "2"],
+         "--vae_steps", "4", "--train_steps", "6", "--sample_steps", "2"],
         cwd=REPO, env=demo_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -64,14 +65,19 @@ def demo(tmp_path_factory):
 @pytest.mark.timeout(900)
 def test_demo_runs_every_stage_and_ends_in_images(demo):
     root, out, proc = demo
-    for stage in range(1, 9):
-        assert f"[{stage}/8]" in proc.stdout and "finished in" in proc.stdout
+    for stage in range(1, 10):
+        assert f"[{stage}/9]" in proc.stdout and "finished in" in proc.stdout
     report = json.loads((out / "metadata_filtered" / "filter_report.json").read_text())
     assert report["rows_in"] == 60 and report["rows_out"] == 36  # 4 rows in 10 fail one seed-001 condition
     stats = (out / "image_text_data" / "part_1_stats.csv").read_text().splitlines()
     assert stats[0] == "file_path,num_samples" and sum(int(r.split(",")[1]) for r in stats[1:]) == 36
     loss_rows = (out / "train" / "metrics.csv").read_text().splitlines()
     assert len(loss_rows) >= 2 and (out / "train" / "model.ckpt").is_file()
+    # The UNet run started from the autoencoder run's weights, and its config says so.
+    assert "--train_target vae" in proc.stdout
+    train_cfg = yaml.safe_load((out / "train" / "config.yaml").read_text())
+    assert train_cfg["pretrained_model_path"] == str(out / "vae" / "model.ckpt")
+    assert yaml.safe_load((out / "vae" / "config.yaml").read_text())["train_target"] == "vae"
     grid = np.asarray(Image.open(out / "samples" / "grid-0000.png"))
     assert grid.ndim == 3 and grid.std() > 0
     assert Image.open(out / "loss_curve.png").size[0] > 300
@@ -84,7 +90,7 @@ def test_second_demo_run_reuses_every_stage(demo):
     root, out, _ = demo
     before = (out / "train" / "model.ckpt").stat().st_mtime_ns
     proc = run_demo(out)
-    assert proc.stdout.count("done in an earlier run, reused") == 8
+    assert proc.stdout.count("done in an earlier run, reused") == 9
     assert (out / "train" / "model.ckpt").stat().st_mtime_ns == before
 
 

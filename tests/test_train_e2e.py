@@ -275,7 +275,15 @@ def test_autoencoder_stage_then_unet_from_it(setup, tmp_path):
     tracked = {k[len("ema."):] for k in vae_state if k.startswith("ema.")} & set(vae_final)
     assert tracked == {k for k in vae_final if k.startswith("first_stage_model.")}, sorted(tracked)[:5]
 
-    args = train_args(data, model_cfg, unet_out, "--pretrained_model_path", str(vae_out / "model.ckpt"))
+    # ldm's scale_by_std: the run wrote the model config with scale_factor = 1 / std of its latents.
+    from mindone.models.config import load_model_config
+
+    scaled = load_model_config(vae_out / "model_config.yaml")
+    assert {**scaled, "scale_factor": None} == {**MICRO_MODEL, "scale_factor": None}
+    assert 0.01 < scaled["scale_factor"] < 100 and scaled["scale_factor"] != MICRO_MODEL["scale_factor"]
+
+    args = train_args(data, vae_out / "model_config.yaml", unet_out,
+                      "--pretrained_model_path", str(vae_out / "model.ckpt"))
     args[args.index("--max_train_steps") + 1] = "3"
     run_train(args, env, root)
     unet_final = load_state(unet_out / "model.ckpt")

@@ -9,9 +9,13 @@ Stages (each skipped when its output from an earlier run is complete, so a secon
   4. filter     filter it with seed 001's conditions              (laion_filter_metadata.py)
   5. images     download the images into webdataset shards        (laion_download_imgs.sh)
   6. stats      write the stats csv the loader reads              (laion_gen_data_stats.py)
-  7. train      train the tiny SD 2.x config on CPU               (train_text_to_image.py)
-  8. sample     generate images from prompts                      (text_to_image.py)
-  9. report     loss-curve PNG, sample grid PNG, where everything is
+  7. vae        train the tiny model's autoencoder from scratch   (train_text_to_image.py --train_target vae)
+  8. train      train the tiny SD 2.x UNet on top of it           (train_text_to_image.py)
+  9. sample     generate images from prompts                      (text_to_image.py)
+ 10. report     loss-curve PNG, sample grid PNG, where everything is
+
+The tiny model starts from random weights, and SD training keeps the VAE frozen: with a random VAE every
+latent would decode to noise, so the demo trains the autoencoder first (real SD runs load the released one).
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from static_server import serve_directory  # noqa: E402
 
 TOOLS = REPO / "tools" / "laion_data_utils"
 EXAMPLES = REPO / "examples" / "stable_diffusion_v2"
+VAE_STEPS = 400
+# The autoencoder's recipe on top of configs/train/tiny_cpu.yaml: batches of 8, and a near-deterministic
+# posterior from the start (see --vae_init_logvar in docs/training.md) so the UNet later sees clean latents.
+VAE_RECIPE = ["--train_batch_size", "8", "--vae_init_logvar", "-8"]
 PROMPTS = ["a red circle on a blue background", "a yellow square on a black background",
            "a green triangle on a white background", "a purple circle on a orange background"]
 
@@ -40,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default=str(REPO / "demo_output"), help="where every stage writes (default: ./demo_output)")
     p.add_argument("--rows", type=int, default=300, help="rows of sample metadata (default: 300)")
-    p.add_argument("--train_steps", type=int, default=300, help="training steps of the tiny model (default: 300)")
+    p.add_argument("--vae_steps", type=int, default=VAE_STEPS,
+                   help=f"training steps of the tiny autoencoder (default: {VAE_STEPS})")
+    p.add_argument("--train_steps", type=int, default=300, help="training steps of the tiny UNet (default: 300)")
     p.add_argument("--sample_steps", type=int, default=20, help="sampler steps for the final images (default: 20)")
     p.add_argument("--fresh", action="store_true", help="delete --output_dir first and redo every stage")
     return p
@@ -92,9 +102,9 @@ def main(argv=None) -> int:
     py = sys.executable
     paths = {
         "sample": out / "sample", "metadata": out / "metadata_raw", "filtered": out / "metadata_filtered",
-        "data": out / "image_text_data", "train": out / "train", "samples": out / "samples",
+        "data": out / "image_text_data", "vae": out / "vae", "train": out / "train", "samples": out / "samples",
     }
-    stage_names = ["sample", "metadata", "filter", "images", "stats", "train", "generate", "report"]
+    stage_names = ["sample", "metadata", "filter", "images", "stats", "vae", "train", "generate", "report"]
     stages = Stages(out, total=len(stage_names))
 
     with serve_directory(out) as base_url:
@@ -116,15 +126,20 @@ def main(argv=None) -> int:
             "--output_dir", paths["data"], "--image_size", "32", "--processes_count", "1",
             "--thread_count", "8", "--number_sample_per_shard", "100"]))
     stages.run("stats", "write the stats csv", lambda: sh([py, TOOLS / "laion_gen_data_stats.py", "--data_dir", paths["data"]]))
-    stages.run("train", f"train the tiny SD 2.x model for {args.train_steps} steps on CPU", lambda: sh([
-        py, EXAMPLES / "train_text_to_image.py", "--config", REPO / "configs" / "train" / "tiny_cpu.yaml",
-        "--dataset_type", "webdataset", "--data_path", paths["data"], "--output_dir", paths["train"],
+    tiny_recipe = [py, EXAMPLES / "train_text_to_image.py", "--config", REPO / "configs" / "train" / "tiny_cpu.yaml",
+                   "--dataset_type", "webdataset", "--data_path", paths["data"]]
+    stages.run("vae", f"train the tiny autoencoder for {args.vae_steps} steps on CPU", lambda: sh([
+        *tiny_recipe, "--train_target", "vae", "--output_dir", paths["vae"], "--max_train_steps", str(args.vae_steps),
+        *VAE_RECIPE]))
+    stages.run("train", f"train the tiny SD 2.x UNet for {args.train_steps} steps on CPU", lambda: sh([
+        *tiny_recipe, "--pretrained_model_path", paths["vae"] / "model.ckpt",
+        "--model_config", paths["vae"] / "model_config.yaml", "--output_dir", paths["train"],
         "--max_train_steps", str(args.train_steps)]))
     stages.run("generate", "sample images from prompts", lambda: sh([
-        py, EXAMPLES / "text_to_image.py", "--config", REPO / "configs" / "model" / "tiny.yaml",
+        py, EXAMPLES / "text_to_image.py", "--config", paths["train"] / "model_config.yaml",
         "--ckpt", paths["train"] / "model.ckpt", "--prompt_file", write_prompts(out),
         "--sampler", "ddim", "--steps", str(args.sample_steps), "--output_dir", paths["samples"]]))
-    stages.run("report", "plot the loss curve", lambda: plot_loss(paths["train"], out / "loss_curve.png"))
+    stages.run("report", "plot the loss curves", lambda: plot_loss(paths["vae"], paths["train"], out / "loss_curve.png"))
     print_summary(out, paths)
     return 0
 
@@ -135,23 +150,26 @@ def write_prompts(out: Path) -> Path:
     return path
 
 
-def plot_loss(train_dir: Path, target: Path) -> None:
-    import csv
-
+def plot_loss(vae_dir: Path, train_dir: Path, target: Path) -> None:
+    """Both training curves side by side: the autoencoder's reconstruction loss and the UNet's diffusion loss."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(train_dir / "metrics.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    steps = [int(r["step"]) for r in rows]
-    losses = [float(r["loss"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
-    window = max(1, len(losses) // 20)
-    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1]) for i in range(len(losses))]
-    ax.plot(steps, smooth, lw=2, label=f"moving mean ({window})")
-    ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title("tiny SD 2.x on the demo sample"), ax.legend()
+    from mindone.train.metrics import read_metrics
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, run, title in ((axes[0], vae_dir, "autoencoder: L1 + KL"), (axes[1], train_dir, "UNet: MSE on eps")):
+        rows = read_metrics(run / "metrics.csv")
+        steps = [int(r["step"]) for r in rows]
+        losses = [float(r["loss"]) for r in rows]
+        window = max(1, len(losses) // 20)
+        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+                  for i in range(len(losses))]
+        ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
+        ax.plot(steps, smooth, lw=2, label=f"moving mean ({window})")
+        ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title(title), ax.legend()
+    fig.suptitle("tiny SD 2.x on the demo sample")
     fig.tight_layout()
     fig.savefig(target, dpi=120)
 
@@ -163,7 +181,8 @@ def print_summary(out: Path, paths: dict) -> None:
         rep = json.loads(report.read_text())
         print(f"  filter report        {report}  (rows in {rep['rows_in']}, rows out {rep['rows_out']})")
     for label, path in [("raw metadata", paths["metadata"]), ("filtered metadata", paths["filtered"]),
-                        ("webdataset shards", paths["data"]), ("training run", paths["train"]),
+                        ("webdataset shards", paths["data"]), ("autoencoder run", paths["vae"]),
+                        ("UNet training run", paths["train"]),
                         ("sample images", paths["samples"] / "samples"), ("sample grid", paths["samples"] / "grid-0000.png"),
                         ("loss curve", out / "loss_curve.png")]:
         print(f"  {label:<20} {path}")

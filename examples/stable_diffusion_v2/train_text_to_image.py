@@ -6,8 +6,9 @@
 The yaml holds defaults, flags override them; the resolved config is saved as <output_dir>/config.yaml
 (rerun it with --config). Outputs in <output_dir>: checkpoints/checkpoint-<step>/ (resumable),
 metrics.csv, samples/step_<step>.png, train.log, and at the end model.ckpt (the trained weights under
-the original SD names, EMA weights when --use_ema) or lora.ckpt (adapter weights only, with --use_lora).
-Only rank 0 writes; every rank logs a digest of its final weights (equal digests: ranks in sync).
+the original SD names, EMA weights when --use_ema) or lora.ckpt (adapter weights only, with --use_lora),
+and model_config.yaml (the model config that goes with them; after --train_target vae, with scale_factor
+set from the latents' std). Only rank 0 writes; every rank logs a digest of its final weights (equal digests: ranks in sync).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import yaml
+
 from mindone.train.options import TRAIN_OPTIONS
+from mindone.utils.atomic import atomic_write_text
 from mindone.utils.cli import UserError, run_main
 from mindone.utils.config import resolve_config, save_config
 from mindone.utils.logging import setup_logging
@@ -108,6 +112,25 @@ def batch_stream(args, tokenizer, rank: int, world_size: int, start_batch: int,
         for images, token_ids in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
             yield epoch, images, token_ids
         epoch, offset = epoch + 1, 0
+
+
+def write_scaled_model_config(model, model_cfg: dict, batches, path: Path, n_batches: int = 4) -> None:
+    """ldm's ``scale_by_std``, once, at the end of an autoencoder run: the model config with ``scale_factor``
+    set to 1 / std of the posterior means of a few training batches, so the UNet sees unit-variance
+    latents (SD's 0.18215 is that figure for the released VAE). Train the UNet with this config."""
+    import numpy as np
+    from mindspore import Tensor
+
+    means = []
+    for _ in range(n_batches):
+        _, images, _ = next(batches)
+        mean, _ = model.first_stage_model.encode(Tensor(images))
+        means.append(mean.asnumpy().ravel())
+    std = float(np.concatenate(means).std())
+    scaled = dict(model_cfg, scale_factor=float(f"{1.0 / std:.5g}"))
+    atomic_write_text(path, yaml.safe_dump(scaled, sort_keys=False))
+    logger.info("latent std %.4f: wrote %s with scale_factor %g (was %g); train the UNet with --model_config %s",
+                std, path, scaled["scale_factor"], model_cfg.get("scale_factor", 0.18215), path)
 
 
 def init_posterior_logvar(vae, value: float) -> None:
@@ -273,6 +296,11 @@ def train(args, dev) -> None:
         else:
             path = save_parameters(list(model.parameters_and_names()), out / "model.ckpt")
         logger.info("saved %s", path)
+        # The model config that goes with model.ckpt (for text_to_image.py --config, or the next run).
+        if args.train_target == "vae":
+            write_scaled_model_config(model, model_cfg, batches, out / "model_config.yaml")
+        else:
+            atomic_write_text(out / "model_config.yaml", yaml.safe_dump(model_cfg, sort_keys=False))
 
 
 def _current_lr(optimizer, schedule: Sequence[float]) -> float:
