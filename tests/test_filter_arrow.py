@@ -269,11 +269,14 @@ def test_pass_1_masks_reused_or_recomputed_give_the_same_output(inputs, tmp_path
     kept = run("--data_dir", str(data), "--output_dir", str(tmp_path / "a"), "--batch_rows", batch_rows)
     monkeypatch.setattr(filter_arrow, "MASK_CACHE_ROWS", 0)  # too many rows to keep: pass 2 re-evaluates
     redone = run("--data_dir", str(data), "--output_dir", str(tmp_path / "b"), "--batch_rows", batch_rows)
+    # row groups too big to read whole: pass 1 reads them in --batch_rows batches
+    monkeypatch.setattr(filter_arrow, "WHOLE_ROW_GROUP_ROWS", 0)
+    batched = run("--data_dir", str(data), "--output_dir", str(tmp_path / "c"), "--batch_rows", batch_rows)
     expected = reference_filter(read_dir(data), "improved_aesthetics_4.5plus").reset_index(drop=True)
-    for out in ("a", "b"):
+    for out in ("a", "b", "c"):
         pd.testing.assert_frame_equal(read_dir(tmp_path / out, "part_*.parquet"), expected)
     for key in ("files", "removed_by_condition", "failed_by_condition", "parts"):
-        assert kept[key] == redone[key]
+        assert kept[key] == redone[key] == batched[key]
 
 
 def test_mapped_reader_matches_pyarrow_and_returns_its_pages(tmp_path):

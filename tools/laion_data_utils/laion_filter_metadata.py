@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from laion_utils.conditions import CONDITION_FLAGS, DEFAULTS, build_conditions
 from laion_utils.filter_common import FilterPlan, inspect_inputs, list_parquet_files, unify_output_schema
 from laion_utils.report import build_report, check_figures, format_check, write_report
@@ -84,6 +82,8 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config:
+        import yaml  # 12 ms of start-up: only when a config is given
+
         path = Path(args.config)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}

@@ -25,7 +25,6 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from laion_utils.filter_common import DEDUP_KEYS, FilterPlan, FilterStats, InputFile, part_sizes
 from laion_utils.partition_writer import PartitionWriter
@@ -33,7 +32,29 @@ from mindone.utils.cli import UserError
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "__laion_key_"  # dedup keys, copied under logical names while in buckets
+WHOLE_ROW_GROUP_ROWS = 1 << 20  # pass 1 reads row groups up to this size in one call (<= 8 B a row a column)
 MASK_CACHE_ROWS = 1 << 28  # pass 1's row masks are kept (1 bit a row, <= 32 MiB) up to this many input rows
+
+
+class _NoBar:
+    """What a disabled tqdm bar does, without importing tqdm (20 ms of start-up on a plain run)."""
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _bar(iterable=None, disable: bool = False, **kwargs):
+    if disable:
+        return _NoBar() if iterable is None else iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, **kwargs)
 
 
 def align(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -98,17 +119,24 @@ class _Scanner:
         self.masks: dict[Path, np.ndarray] | None = None  # packed keep bits per file, from count()
 
     def _masks(self, f: InputFile, batch: pa.RecordBatch) -> np.ndarray:
-        alive = np.ones(batch.num_rows, bool)
+        n = batch.num_rows
+        alive, left = None, n  # rows passing every condition so far, and how many
         for i, cond in enumerate(self.plan.conditions):
             physical = f.columns.get(cond.logical)
             if physical is None:  # absent column, --skip_missing_columns given
                 continue
             ok = cond.numpy_mask(batch.column(physical))
+            if alive is None:
+                alive = ok if ok.flags.writeable else ok.copy()
+            else:
+                np.logical_and(alive, ok, out=alive)
             if self.stats is not None:
-                self.stats.failed_any[i] += batch.num_rows - int(np.count_nonzero(ok))
-                self.stats.removed_first[i] += int(np.count_nonzero(alive & ~ok))
-            alive &= ok
-        return alive
+                # removed first here = alive before - alive after (no temporaries for ~ok, alive & ~ok)
+                self.stats.failed_any[i] += n - int(np.count_nonzero(ok))
+                now = int(np.count_nonzero(alive))
+                self.stats.removed_first[i] += left - now
+                left = now
+        return np.ones(n, bool) if alive is None else alive
 
     def count(self) -> int:
         """Pass 1 on the condition columns only: fills the stats, keeps the masks for :meth:`batches`."""
@@ -136,7 +164,7 @@ class _Scanner:
         ``masks`` (from :meth:`count`): each file's keep bits, used instead of evaluating the conditions.
         """
         total = sum(f.rows for f in self.plan.inputs)
-        with tqdm(total=total, unit="row", unit_scale=True, desc=self.desc, disable=not self.progress) as bar:
+        with _bar(total=total, unit="row", unit_scale=True, desc=self.desc, disable=not self.progress) as bar:
             for f in self.plan.inputs:
                 cols = None
                 if columns_only:
@@ -153,8 +181,14 @@ class _Scanner:
                         src = _MappedParquet(f.path)
                         try:
                             for rg in range(src.file.num_row_groups):
-                                for batch in src.file.iter_batches(batch_size=self.plan.batch_rows, row_groups=[rg],
-                                                                   columns=cols):
+                                rg_rows = src.file.metadata.row_group(rg).num_rows
+                                if columns_only and rg_rows <= WHOLE_ROW_GROUP_ROWS:
+                                    # just the condition columns: a whole row group at once costs less than batches
+                                    pieces = src.file.read_row_group(rg, columns=cols).to_batches()
+                                else:
+                                    pieces = src.file.iter_batches(batch_size=self.plan.batch_rows, row_groups=[rg],
+                                                                   columns=cols)
+                                for batch in pieces:
                                     n = batch.num_rows
                                     keep = known[offset:offset + n] if known is not None else self._masks(f, batch)
                                     offset += n
@@ -193,7 +227,9 @@ def run_arrow(plan: FilterPlan, out_dir: Path, progress: bool = True) -> tuple[F
                              compression=plan.compression)
     try:
         for _, batch, keep in _Scanner(plan, None, progress, "filter").batches(masks=counter.masks):
-            writer.write(batch, keep)  # filtered in the writer thread, overlapping the next read
+            kept = int(np.count_nonzero(keep))
+            if kept:  # filtered in the writer thread, overlapping the next read (not at all if every row passes)
+                writer.write(batch, None if kept == batch.num_rows else keep)
         return stats, writer.close()
     except BaseException:
         writer.abort()
@@ -242,7 +278,7 @@ def _run_bucketed(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: 
         return _drain_buckets(scatter, plan, sizes, out_dir, perm_rng, progress)
     # pass B: dedup each bucket alone and write it back; pass C streams the deduped buckets out
     deduped = BucketScatter(scratch / "dedup", k, plan.output_schema)
-    for i, table in tqdm(scatter.buckets(), total=k, desc="dedup", unit="bucket", disable=not progress):
+    for i, table in _bar(scatter.buckets(), total=k, desc="dedup", unit="bucket", disable=not progress):
         before = table.num_rows
         table = dd.dedup_table(table, key_names)
         stats.dedup_removed += before - table.num_rows
@@ -261,7 +297,7 @@ def _drain_buckets(scatter, plan: FilterPlan, sizes: list[int], out_dir: Path,
     """Stream buckets in order (each permuted when ``perm_rng`` is given) into the part files."""
     writer = PartitionWriter(out_dir, plan.output_schema, sizes, compression=plan.compression)
     try:
-        for _, table in tqdm(scatter.buckets(), total=scatter.num_buckets, desc="write", unit="bucket",
+        for _, table in _bar(scatter.buckets(), total=scatter.num_buckets, desc="write", unit="bucket",
                              disable=not progress):
             if perm_rng is not None:
                 table = table.take(pa.array(perm_rng.permutation(table.num_rows)))
