@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,32 @@ class _SquareSum(nn.Cell):
         return (y * y).sum()
 
 
+@contextlib.contextmanager
+def _mode(mode):
+    previous = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=previous)
+
+
+def _native_twin(ours, rng):
+    """An ``nn.Conv2d`` with ``ours``' geometry and weights; both get the same random bias."""
+    native = nn.Conv2d(ours.in_channels, ours.out_channels, ours.kernel_size, stride=ours.stride,
+                       pad_mode=ours.pad_mode, padding=ours.padding, has_bias=True)
+    native.weight.set_data(ours.weight.value())
+    ours.bias.set_data(Tensor(rng.standard_normal(ours.out_channels).astype(np.float32)))
+    native.bias.set_data(ours.bias.value())
+    return native
+
+
+def _assert_same(got, want):
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()))
+
+
 def _forward_and_grads(conv, x):
     weights = conv.trainable_params()
     grad_fn = ms.value_and_grad(_SquareSum(conv), 0, weights)
@@ -35,23 +63,13 @@ def test_cpu_im2col_conv_matches_native_conv(mode, kernel, stride, padding, pad_
     """The CPU im2col + MatMul path of ``Conv2d`` gives the native Conv2D's output and gradients."""
     if ms.get_context("device_target") != "CPU":
         pytest.skip("the im2col path is CPU only")
-    previous = ms.get_context("mode")
-    ms.set_context(mode=mode)
-    try:
+    with _mode(mode):
         rng = np.random.default_rng(0)
         x = Tensor(rng.standard_normal((2, 8, 9, 10)).astype(np.float32))
         ours = Conv2d(8, 6, kernel, stride=stride, padding=padding, pad_mode=pad_mode)
         assert ours.im2col == (kernel > 1)
-        native = nn.Conv2d(8, 6, kernel, stride=stride, pad_mode=pad_mode, padding=padding, has_bias=True)
-        native.weight.set_data(ours.weight.value())
-        ours.bias.set_data(Tensor(rng.standard_normal(6).astype(np.float32)))
-        native.bias.set_data(ours.bias.value())
-        got, want = _forward_and_grads(ours, x), _forward_and_grads(native, x)
-        for a, b in zip(got, want):
-            assert a.shape == b.shape
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()))
-    finally:
-        ms.set_context(mode=previous)
+        native = _native_twin(ours, rng)
+        _assert_same(_forward_and_grads(ours, x), _forward_and_grads(native, x))
 
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
@@ -64,17 +82,12 @@ def test_banded_im2col_conv_matches_native_conv(monkeypatch, mode, kernel, strid
 
     if ms.get_context("device_target") != "CPU":
         pytest.skip("the im2col path is CPU only")
-    previous = ms.get_context("mode")
-    ms.set_context(mode=mode)
-    try:
+    with _mode(mode):
         rng = np.random.default_rng(2)
         b, c, h, w = 2, 5, 15, 9
         x = Tensor(rng.standard_normal((b, c, h, w)).astype(np.float32))
         ours = Conv2d(c, 4, kernel, stride=stride, padding=padding, pad_mode=pad_mode)
-        native = nn.Conv2d(c, 4, kernel, stride=stride, pad_mode=pad_mode, padding=padding, has_bias=True)
-        native.weight.set_data(ours.weight.value())
-        ours.bias.set_data(Tensor(rng.standard_normal(4).astype(np.float32)))
-        native.bias.set_data(ours.bias.value())
+        native = _native_twin(ours, rng)
         ho = (h + 2 * padding - kernel) // stride + 1
         wo = (w + 2 * padding - kernel) // stride + 1
         per_row = b * c * kernel * kernel * wo
@@ -86,31 +99,23 @@ def test_banded_im2col_conv_matches_native_conv(monkeypatch, mode, kernel, strid
             monkeypatch.setattr(layers.ops, "unfold",
                                 lambda t, *a, **k: shapes.append(t.shape) or _unfold(t, *a, **k))
         monkeypatch.setattr(layers, "IM2COL_MAX_ELEMENTS", per_row * max_rows)
-        got, want = _forward_and_grads(ours, x), _forward_and_grads(native, x)
-        for a, ref in zip(got, want):
-            assert a.shape == ref.shape
-            np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
+        _assert_same(_forward_and_grads(ours, x), _forward_and_grads(native, x))
         if mode == ms.PYNATIVE_MODE:
             assert len(shapes) % bands == 0 and len(shapes) >= bands
             band_rows = [s[2] for s in shapes[:bands]]
             assert band_rows[:-1] == [(rows - 1) * stride + kernel] * (bands - 1)
             assert band_rows[-1] == (ho - (bands - 1) * rows - 1) * stride + kernel
-    finally:
-        ms.set_context(mode=previous)
 
 
 def test_convs_with_an_output_row_too_big_to_unfold_take_the_native_kernel(monkeypatch):
     """If even one output row's unfolded input is over IM2COL_MAX_ELEMENTS the native Conv2D runs."""
     import mindone.models.layers as layers
 
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    try:
+    with _mode(ms.PYNATIVE_MODE):
         rng = np.random.default_rng(1)
         x = Tensor(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
         ours = Conv2d(4, 3, 3, padding=1)
-        native = nn.Conv2d(4, 3, 3, pad_mode="pad", padding=1, has_bias=True)
-        native.weight.set_data(ours.weight.value())
-        native.bias.set_data(ours.bias.value())
+        native = _native_twin(ours, rng)
         calls = []
         monkeypatch.setattr(layers.ops, "unfold", lambda *a, **k: calls.append(1) or _unfold(*a, **k))
         monkeypatch.setattr(layers, "IM2COL_MAX_ELEMENTS", 4 * 9 * 8 - 1)  # one element short of one row
@@ -123,8 +128,6 @@ def test_convs_with_an_output_row_too_big_to_unfold_take_the_native_kernel(monke
         calls.clear()
         np.testing.assert_allclose(ours(x).asnumpy(), native(x).asnumpy(), rtol=1e-5, atol=1e-5)
         assert len(calls) == 1
-    finally:
-        ms.set_context(mode=ms.GRAPH_MODE)
 
 
 _unfold = ms.ops.unfold

@@ -114,10 +114,7 @@ class Conv2d(nn.Conv2d):
             return super().construct(x)
         bands = -(-ho // max_rows)
         rows = -(-ho // bands)  # even bands; the last one may be shorter
-        if ph:
-            # zero rows by concatenation, not ops.pad: its CPU gradient (PadV3Grad) has hung in GRAPH_MODE
-            zeros = ops.zeros((b, c, ph, w), x.dtype)
-            x = ops.concat((zeros, x, zeros), axis=2)
+        x = zero_pad(x, top=ph, bottom=ph)
         outs = []
         for r0 in range(0, ho, rows):
             n = min(rows, ho - r0)
@@ -125,6 +122,25 @@ class Conv2d(nn.Conv2d):
             cols = ops.unfold(band, self.kernel_size, 1, (0, pw), self.stride)  # W padded by unfold
             outs.append(ops.matmul(weight, cols).reshape(b, self.out_channels, n, wo))
         return self.bias_add(ops.cat(outs, axis=2), self.bias)
+
+
+def zero_pad(x: Tensor, top: int = 0, bottom: int = 0, left: int = 0, right: int = 0) -> Tensor:
+    """Zero padding of an NCHW tensor's H and W, built from concatenations rather than ``ops.pad``.
+
+    On the CPU backend the gradient of ``ops.pad`` (PadV3Grad) spun forever after a few training steps in
+    GRAPH_MODE (MindSpore 2.10, seen in VAE training); the concat's gradient is a slice. Same values.
+    """
+    b, c, h, w = x.shape
+    if left:
+        x = ops.concat((ops.zeros((b, c, h, left), x.dtype), x), axis=3)
+    if right:
+        x = ops.concat((x, ops.zeros((b, c, h, right), x.dtype)), axis=3)
+    w += left + right
+    if top:
+        x = ops.concat((ops.zeros((b, c, top, w), x.dtype), x), axis=2)
+    if bottom:
+        x = ops.concat((x, ops.zeros((b, c, bottom, w), x.dtype)), axis=2)
+    return x
 
 
 def conv2d(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:

@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindone.models.text_encoder import OpenCLIPTextEncoder
 from mindone.models.unet import UNetModel
-from mindone.models.vae import AutoencoderKL
+from mindone.models.vae import AutoencoderKL, sample_posterior
 
 PARAMETERIZATIONS = ("eps", "v")
 
@@ -44,7 +43,7 @@ class LatentDiffusion(nn.Cell):
     def encode_images(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
         """Images in [-1, 1] NCHW -> scaled latents (posterior sample with ``noise``, or the mean)."""
         mean, logvar = self.first_stage_model.encode(x)
-        z = mean if noise is None else mean + ms.ops.exp(0.5 * logvar) * noise.astype(mean.dtype)
+        z = mean if noise is None else sample_posterior(mean, logvar, noise)
         return z * self.scale_factor
 
     def decode_latents(self, z: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from typing import Sequence
 from mindspore import Tensor, nn, ops
 
 from mindone.models.attention import attention
-from mindone.models.layers import Conv2d, GroupNorm, conv2d, upsample_nearest_2x
+from mindone.models.layers import Conv2d, GroupNorm, conv2d, upsample_nearest_2x, zero_pad
 
 NORM_GROUPS = 32  # ldm's VAE always uses 32 (diffusers: norm_num_groups); narrow models may set fewer
 NORM_EPS = 1e-6
@@ -75,19 +75,7 @@ class Downsample(nn.Cell):
         self.conv = Conv2d(channels, channels, 3, stride=2, pad_mode="valid")
 
     def construct(self, x: Tensor) -> Tensor:
-        return self.conv(pad_bottom_right(x))
-
-
-def pad_bottom_right(x: Tensor) -> Tensor:
-    """One zero column on the right and one zero row at the bottom of an NCHW tensor.
-
-    Built from concatenations rather than ``ops.pad``: on the CPU backend the gradient of ``ops.pad``
-    (PadV3Grad) hung, spinning, after a few VAE training steps in GRAPH_MODE (MindSpore 2.10); the concat's
-    gradient is a slice. Same values either way.
-    """
-    b, c, h, w = x.shape
-    x = ops.concat((x, ops.zeros((b, c, h, 1), x.dtype)), axis=3)
-    return ops.concat((x, ops.zeros((b, c, 1, w + 1), x.dtype)), axis=2)
+        return self.conv(zero_pad(x, bottom=1, right=1))
 
 
 class Upsample(nn.Cell):
@@ -183,6 +171,11 @@ class Decoder(nn.Cell):
         for i in range(self.num_levels - 1, -1, -1):
             h = self.up[i](h)
         return self.conv_out(self.silu(self.norm_out(h)))
+
+
+def sample_posterior(mean: Tensor, logvar: Tensor, noise: Tensor) -> Tensor:
+    """A reparameterised sample of the diagonal Gaussian posterior: mean + std * noise."""
+    return mean + ops.exp(0.5 * logvar) * noise.astype(mean.dtype)
 
 
 class AutoencoderKL(nn.Cell):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from mindone.models.vae import sample_posterior
+
 
 class AutoencoderLoss(nn.Cell):
     """``construct(images, token_ids, noise, posterior_noise, timesteps) -> loss``: the diffusion loss's
@@ -24,9 +26,9 @@ class AutoencoderLoss(nn.Cell):
     def construct(self, images: Tensor, token_ids: Tensor, noise: Tensor, posterior_noise: Tensor,
                   timesteps: Tensor) -> Tensor:
         vae = self.model.first_stage_model
-        images = ops.stop_gradient(images)
+        images = ops.stop_gradient(images)  # no gradient for the input (else conv_in computes one)
         mean, logvar = vae.encode(images)
-        z = mean + ops.exp(0.5 * logvar) * posterior_noise.astype(mean.dtype)
+        z = sample_posterior(mean, logvar, posterior_noise)
         recon = vae.decode(z).astype(ms.float32)
         rec_loss = ops.abs(recon - images.astype(ms.float32)).mean()
         mean, logvar = mean.astype(ms.float32), logvar.astype(ms.float32)
