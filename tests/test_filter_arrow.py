@@ -362,3 +362,28 @@ def test_compression_default_yaml_and_bad_value(inputs, tmp_path):
         cli.main(["--config", str(cfg), "--data_dir", str(data), "--output_dir", str(tmp_path / "bad")])
     with pytest.raises(SystemExit):
         cli.parse_options(["--data_dir", str(data), "--output_dir", str(tmp_path / "bad"), "--compression", "lzo"])
+
+
+def test_partition_writer_holds_the_caller_back_on_a_big_table(tmp_path):
+    """A whole shuffle bucket is queued in row-group slices, so the caller cannot read ahead without bound."""
+    import threading
+
+    from laion_utils.partition_writer import PartitionWriter
+
+    gate = threading.Event()
+
+    def held(table):  # the writer thread stops here until the gate opens
+        gate.wait(30)
+        return table
+
+    table = pa.table({"i": pa.array(range(100), pa.int64())})
+    writer = PartitionWriter(tmp_path, table.schema, [60, 40], row_group_rows=10, queue_depth=1, transform=held)
+    caller = threading.Thread(target=writer.write, args=(table,))
+    caller.start()
+    caller.join(0.5)
+    assert caller.is_alive(), "write() of 10 row groups returned while the writer had taken none"
+    gate.set()
+    caller.join(30)
+    assert writer.close() == [60, 40]
+    got = [pq.read_table(tmp_path / f"part_{i}.parquet").column("i").to_pylist() for i in (1, 2)]
+    assert got == [list(range(60)), list(range(60, 100))]

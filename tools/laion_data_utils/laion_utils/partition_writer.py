@@ -52,8 +52,17 @@ class PartitionWriter:
 
     # -- caller side -----------------------------------------------------------------------------
     def write(self, data: pa.Table | pa.RecordBatch, mask: np.ndarray | None = None) -> None:
-        """Queue rows (only those where ``mask`` is True); they are split across parts as needed."""
+        """Queue rows (only those where ``mask`` is True); they are split across parts as needed.
+
+        Data bigger than a row group (a whole shuffle bucket) is queued in row-group slices, so the
+        bounded queue holds back the caller until the writer is near the end of it: the caller then
+        has at most this table and the next one in memory, however fast it reads.
+        """
         self._raise_if_failed()
+        if mask is None and data.num_rows > self.row_group_rows:
+            for start in range(0, data.num_rows, self.row_group_rows):
+                self._queue.put((data.slice(start, self.row_group_rows), None))
+            return
         self._queue.put((data, mask))
 
     def close(self) -> list[int]:
