@@ -261,22 +261,48 @@ def test_check_task_prints_seed_figures(tmp_path):
 
 
 @pytest.mark.parametrize("batch_rows", ["7", "65536"])
-def test_pass_1_masks_reused_or_recomputed_give_the_same_output(inputs, tmp_path, monkeypatch, batch_rows):
-    # row groups of ROWS // 3 rows and batches that do not divide them: pass 2 slices pass 1's bits
+def test_pass_2_reads_only_unspilled_columns_and_joins_pass_1s_back(inputs, tmp_path, monkeypatch, batch_rows):
+    # row groups of ROWS // 3 rows and batches that do not divide them: pass 2 slices pass 1's masks and rows
     from laion_utils import filter_arrow
 
     data = inputs["improved_aesthetics_4.5plus"]
+    read = []
+    real_iter = pq.ParquetFile.iter_batches
+
+    def spy(self, *args, columns=None, **kwargs):
+        read.append(columns)
+        return real_iter(self, *args, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
     kept = run("--data_dir", str(data), "--output_dir", str(tmp_path / "a"), "--batch_rows", batch_rows)
-    monkeypatch.setattr(filter_arrow, "MASK_CACHE_ROWS", 0)  # too many rows to keep: pass 2 re-evaluates
-    redone = run("--data_dir", str(data), "--output_dir", str(tmp_path / "b"), "--batch_rows", batch_rows)
+    conditions = {"WIDTH", "HEIGHT", "punsafe", "AESTHETIC_SCORE"}
+    assert read and all(cols and not conditions & set(cols) for cols in read), read
     # row groups too big to read whole: pass 1 reads them in --batch_rows batches
     monkeypatch.setattr(filter_arrow, "WHOLE_ROW_GROUP_ROWS", 0)
-    batched = run("--data_dir", str(data), "--output_dir", str(tmp_path / "c"), "--batch_rows", batch_rows)
+    batched = run("--data_dir", str(data), "--output_dir", str(tmp_path / "b"), "--batch_rows", batch_rows)
     expected = reference_filter(read_dir(data), "improved_aesthetics_4.5plus").reset_index(drop=True)
-    for out in ("a", "b", "c"):
-        pd.testing.assert_frame_equal(read_dir(tmp_path / out, "part_*.parquet"), expected)
+    for out in ("a", "b"):
+        got = read_dir(tmp_path / out, "part_*.parquet")
+        assert list(got.columns) == list(expected.columns)  # spilled columns back in the input's order
+        pd.testing.assert_frame_equal(got, expected)
     for key in ("files", "removed_by_condition", "failed_by_condition", "parts"):
-        assert kept[key] == redone[key] == batched[key]
+        assert kept[key] == batched[key]
+    assert not list((tmp_path / "a").glob(".laion_scratch*")), "scratch files left in the output"
+
+
+def test_files_of_condition_columns_only_and_no_conditions(tmp_path):
+    # nothing left to read in pass 2 unless it reads the condition columns; no condition: nothing spilled
+    data = tmp_path / "in"
+    data.mkdir()
+    table = pa.table({"WIDTH": [600.0, 100.0, None, 800.0], "HEIGHT": [600.0, 900.0, 700.0, 512.0]})
+    pq.write_table(table, data / "a.parquet", row_group_size=3)
+    off = ["--min_aesthetic", "none", "--max_punsafe", "none", "--skip_missing_columns"]
+    run("--data_dir", str(data), "--output_dir", str(tmp_path / "a"), *off)
+    assert pq.read_table(tmp_path / "a" / "part_1.parquet").to_pydict() == {"WIDTH": [600.0, 800.0],
+                                                                            "HEIGHT": [600.0, 512.0]}
+    run("--data_dir", str(data), "--output_dir", str(tmp_path / "b"), *off, "--min_width", "none",
+        "--min_height", "none")
+    assert pq.read_table(tmp_path / "b" / "part_1.parquet").equals(table)
 
 
 def test_mapped_reader_matches_pyarrow_and_returns_its_pages(tmp_path):

@@ -1,16 +1,18 @@
 """The embedded filter engine: pyarrow, streaming record batches, bounded memory.
 
-Plain filter + repartition: a first pass reads only the condition columns to count the surviving rows
-(so the parts can be sized exactly) and keeps their row masks (one bit per row), a second pass streams
-every column through those masks into the part writer, whose thread filters, encodes and writes while
-this one decodes the next batches. With dedup or shuffle, the surviving rows go through an external
-bucket pass instead (:mod:`laion_utils.shuffle_external`). Peak memory is one batch + one row group
-(+ one bucket), whatever the input size.
+Plain filter + repartition: a first pass reads only the condition columns, to count the surviving rows
+(so the parts can be sized exactly); it keeps their row masks (one bit per row) and spills the surviving
+rows' condition values to a scratch file (a few bytes per kept row), so the second pass decodes only
+the other columns (the condition columns are a tenth of a scan). The second pass streams those columns
+through the masks into the part writer, whose thread filters, joins the spilled columns back, encodes
+and writes while this one decodes the next batches. With dedup or shuffle, the surviving rows go
+through an external bucket pass instead (:mod:`laion_utils.shuffle_external`). Peak memory is one
+batch + one row group (+ one bucket), whatever the input size.
 
-Inputs are memory-mapped (no ``read()`` copy out of the page cache: a fifth of a scan's CPU time) and
-each row group's pages are handed back to the kernel once it is decoded, so RSS does not grow with the
-file. (A file truncated by another process while it is being read would crash the run with SIGBUS
-instead of an error; the staging directory still keeps partial outputs out of sight.)
+Inputs are memory-mapped (no ``read()`` copy out of the page cache) and each row group's pages are
+handed back to the kernel once it is decoded, so RSS does not grow with the file. (A file truncated by
+another process while it is being read would crash the run with SIGBUS instead of an error; the
+staging directory still keeps partial outputs out of sight.)
 """
 
 from __future__ import annotations
@@ -27,13 +29,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from laion_utils.filter_common import DEDUP_KEYS, FilterPlan, FilterStats, InputFile, part_sizes
-from laion_utils.partition_writer import PartitionWriter
+from laion_utils.partition_writer import PartitionWriter, bool_array
 from mindone.utils.cli import UserError
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "__laion_key_"  # dedup keys, copied under logical names while in buckets
 WHOLE_ROW_GROUP_ROWS = 1 << 20  # pass 1 reads row groups up to this size in one call (<= 8 B a row a column)
-MASK_CACHE_ROWS = 1 << 28  # pass 1's row masks are kept (1 bit a row, <= 32 MiB) up to this many input rows
 
 
 class _NoBar:
@@ -111,12 +112,98 @@ class _MappedParquet:
             self._released = end
 
 
+class _ConditionSpill:
+    """Pass 1's output per input file: its keep bits and the kept rows' condition columns, in scratch files.
+
+    Pass 2 then reads only the other columns of that file; :meth:`cursor` hands the spilled rows back
+    in order. The files hold a byte per input row plus the condition values of the kept rows (24 bytes
+    a kept row for seed 001's four conditions), so memory does not grow with the input.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.columns: dict[Path, list[str]] = {}  # input file -> its spilled (physical) columns
+        self._index: dict[Path, int] = {}
+
+    def _paths(self, f: InputFile) -> tuple[Path, Path]:
+        i = self._index.setdefault(f.path, len(self._index))
+        return self.directory / f"keep_{i:05d}.bool", self.directory / f"conditions_{i:05d}.arrows"
+
+    def writer(self, f: InputFile, schema: pa.Schema | None) -> "_SpillWriter":
+        """``schema``: of the condition columns to spill, or None to keep only the mask."""
+        self.columns[f.path] = list(schema.names) if schema is not None else []
+        return _SpillWriter(*self._paths(f), schema)
+
+    def keep_mask(self, f: InputFile) -> np.ndarray:
+        return np.fromfile(self._paths(f)[0], bool)
+
+    def cursor(self, f: InputFile) -> "_RowCursor":
+        return _RowCursor(self._paths(f)[1])
+
+
+class _SpillWriter:
+    """Streams one input file's keep mask (a byte a row) and kept condition rows (Arrow IPC) to disk."""
+
+    def __init__(self, bits_path: Path, rows_path: Path, schema: pa.Schema | None) -> None:
+        self._bits = open(bits_path, "wb")
+        self._sink = self._rows = None
+        if schema is not None:  # None: only the mask (pass 2 reads every column of this file)
+            self._sink = pa.OSFile(str(rows_path), "wb")
+            self._rows = pa.ipc.new_stream(self._sink, schema)
+
+    def add(self, batch: pa.RecordBatch | pa.Table, keep: np.ndarray) -> None:
+        keep.tofile(self._bits)
+        kept = int(np.count_nonzero(keep))
+        if kept and self._rows is not None:
+            self._rows.write(batch if kept == batch.num_rows else batch.filter(bool_array(keep)))
+
+    def close(self) -> None:
+        if self._rows is not None:
+            self._rows.close()
+            self._sink.close()
+        self._bits.close()
+
+
+class _RowCursor:
+    """Hands out the next ``k`` rows of a spilled record batch stream, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = pa.OSFile(str(path))
+        self._reader = pa.ipc.open_stream(self._fh)
+        self._batch: pa.RecordBatch | None = None
+        self._pos = 0
+
+    def take(self, k: int) -> pa.Table:
+        pieces = []
+        while k:
+            if self._batch is None or self._pos == self._batch.num_rows:
+                self._batch, self._pos = self._reader.read_next_batch(), 0  # StopIteration: caller's error
+                continue
+            n = min(k, self._batch.num_rows - self._pos)
+            pieces.append(self._batch.slice(self._pos, n))
+            self._pos += n
+            k -= n
+        return pa.Table.from_batches(pieces, schema=self._reader.schema)
+
+    def exhausted(self) -> bool:
+        if self._batch is not None and self._pos < self._batch.num_rows:
+            return False
+        try:
+            while True:
+                if self._reader.read_next_batch().num_rows:
+                    return False
+        except StopIteration:
+            return True
+
+    def close(self) -> None:
+        self._fh.close()
+
+
 class _Scanner:
     """Iterates the inputs' batches, applies the conditions, and counts what each condition removes."""
 
     def __init__(self, plan: FilterPlan, stats: FilterStats | None, progress: bool, desc: str) -> None:
         self.plan, self.stats, self.progress, self.desc = plan, stats, progress, desc
-        self.masks: dict[Path, np.ndarray] | None = None  # packed keep bits per file, from count()
 
     def _masks(self, f: InputFile, batch: pa.RecordBatch) -> np.ndarray:
         n = batch.num_rows
@@ -138,46 +225,49 @@ class _Scanner:
                 left = now
         return np.ones(n, bool) if alive is None else alive
 
-    def count(self) -> int:
-        """Pass 1 on the condition columns only: fills the stats, keeps the masks for :meth:`batches`."""
-        keep_masks = sum(f.rows for f in self.plan.inputs) <= MASK_CACHE_ROWS
-        self.masks = {} if keep_masks else None
-        total, pieces, current = 0, [], None
-        for f, _, keep in self.batches(columns_only=True):
-            total += int(np.count_nonzero(keep))
-            if keep_masks:
+    def count(self, spill: _ConditionSpill) -> int:
+        """Pass 1 on the condition columns only: fills the stats, and ``spill`` for :meth:`batches`."""
+        total, current, writer = 0, None, None
+        try:
+            for f, batch, keep in self.batches(columns_only=True):
+                total += int(np.count_nonzero(keep))
                 if f.path != current:
-                    self._pack(current, pieces)
-                    current, pieces = f.path, []
-                pieces.append(keep)
-        self._pack(current, pieces)
+                    if writer is not None:
+                        writer.close()
+                    current = f.path
+                    others = batch.num_columns and set(f.schema.names) - set(batch.schema.names)
+                    writer = spill.writer(f, batch.schema if others else None)
+                writer.add(batch, keep)
+        finally:
+            if writer is not None:
+                writer.close()
         return total
 
-    def _pack(self, path: Path | None, pieces: list[np.ndarray]) -> None:
-        if path is not None and self.masks is not None:
-            self.masks[path] = np.packbits(np.concatenate(pieces)) if pieces else np.zeros(0, np.uint8)
-
-    def batches(self, columns_only: bool = False,
-                masks: dict[Path, np.ndarray] | None = None) -> Iterator[tuple[InputFile, pa.RecordBatch | pa.Table, np.ndarray]]:
+    def batches(self, columns_only: bool = False, spill: _ConditionSpill | None = None,
+                ) -> Iterator[tuple[InputFile, pa.RecordBatch | pa.Table, np.ndarray]]:
         """Yield ``(file, batch, keep_mask)``; ``columns_only`` reads just the condition columns.
 
-        ``masks`` (from :meth:`count`): each file's keep bits, used instead of evaluating the conditions.
+        ``spill`` (from :meth:`count`): each file's keep mask is read from it instead of evaluating the
+        conditions, and the columns it holds are not read (:meth:`_ConditionSpill.cursor` has them).
         """
         total = sum(f.rows for f in self.plan.inputs)
         with _bar(total=total, unit="row", unit_scale=True, desc=self.desc, disable=not self.progress) as bar:
             for f in self.plan.inputs:
-                cols = None
+                cols, known = None, None
                 if columns_only:
                     cols = sorted({f.columns[c.logical] for c in self.plan.conditions if f.columns.get(c.logical)})
-                kept, known, offset = 0, None, 0
+                elif spill is not None:
+                    known = spill.keep_mask(f) if f.path in spill.columns else np.zeros(0, bool)
+                    if spill.columns.get(f.path):
+                        skip = set(spill.columns[f.path])
+                        cols = [n for n in f.schema.names if n not in skip]
+                kept, offset = 0, 0
                 try:
                     if columns_only and not cols:  # nothing to evaluate: all rows pass
                         kept = f.rows
                         bar.update(f.rows)
                         yield f, pa.table({}), np.ones(f.rows, bool)
                     else:
-                        if masks is not None:
-                            known = np.unpackbits(masks.get(f.path, np.zeros(0, np.uint8)), count=f.rows).view(bool)
                         src = _MappedParquet(f.path)
                         try:
                             for rg in range(src.file.num_row_groups):
@@ -211,29 +301,52 @@ class _Scanner:
 def run_arrow(plan: FilterPlan, out_dir: Path, progress: bool = True) -> tuple[FilterStats, list[int]]:
     """Filter (+ dedup, + shuffle) ``plan.inputs`` into ``out_dir/part_<N>.parquet``; returns stats, part rows."""
     stats = FilterStats([c.name for c in plan.conditions])
-    if plan.dedup or plan.shuffle:
-        if plan.scratch_dir is not None:
-            plan.scratch_dir.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".laion_buckets.", suffix=".tmp", dir=plan.scratch_dir or out_dir))
-        try:
+    if plan.scratch_dir is not None:
+        plan.scratch_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".laion_scratch.", suffix=".tmp", dir=plan.scratch_dir or out_dir))
+    try:
+        if plan.dedup or plan.shuffle:
             return stats, _run_bucketed(plan, stats, out_dir, scratch, progress)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    # pass 1: count survivors from the condition columns only, to size the parts exactly
-    counter = _Scanner(plan, stats, progress, "count")
-    total = counter.count()
+        return stats, _run_plain(plan, stats, out_dir, scratch, progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_plain(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: Path, progress: bool) -> list[int]:
+    # pass 1: the condition columns only: counts the survivors (to size the parts exactly) and spills them
+    spill = _ConditionSpill(scratch)
+    total = _Scanner(plan, stats, progress, "count").count(spill)
     sizes = part_sizes(total, plan.num_parts, plan.rows_per_part)
     writer = PartitionWriter(out_dir, plan.output_schema, sizes, transform=lambda t: align(t, plan.output_schema),
                              compression=plan.compression)
+    current, cursor = None, None
     try:
-        for _, batch, keep in _Scanner(plan, None, progress, "filter").batches(masks=counter.masks):
+        for f, batch, keep in _Scanner(plan, None, progress, "filter").batches(spill=spill):
+            if f.path != current:
+                _close_cursor(current, cursor)
+                current, cursor = f.path, spill.cursor(f) if spill.columns.get(f.path) else None
             kept = int(np.count_nonzero(keep))
             if kept:  # filtered in the writer thread, overlapping the next read (not at all if every row passes)
-                writer.write(batch, None if kept == batch.num_rows else keep)
-        return stats, writer.close()
+                try:
+                    spilled = cursor.take(kept) if cursor is not None else None
+                except StopIteration:
+                    raise UserError(f"{f.path}: fewer rows pass on the second read (changed during the run?)") from None
+                writer.write(batch, None if kept == batch.num_rows else keep, spilled)
+        _close_cursor(current, cursor)
+        return writer.close()
     except BaseException:
         writer.abort()
         raise
+
+
+def _close_cursor(path: Path | None, cursor: "_RowCursor | None") -> None:
+    if cursor is None:
+        return
+    try:
+        if not cursor.exhausted():
+            raise UserError(f"{path}: more rows pass on the second read (changed during the run?)")
+    finally:
+        cursor.close()
 
 
 def _run_bucketed(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: Path, progress: bool) -> list[int]:

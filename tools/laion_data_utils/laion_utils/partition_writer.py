@@ -51,8 +51,12 @@ class PartitionWriter:
         self._thread.start()
 
     # -- caller side -----------------------------------------------------------------------------
-    def write(self, data: pa.Table | pa.RecordBatch, mask: np.ndarray | None = None) -> None:
+    def write(self, data: pa.Table | pa.RecordBatch, mask: np.ndarray | None = None,
+              extra: pa.Table | None = None) -> None:
         """Queue rows (only those where ``mask`` is True); they are split across parts as needed.
+
+        ``extra``: more columns of the same rows, already filtered (one row per True in ``mask``),
+        appended after the mask is applied (the ``transform`` puts columns in the schema's order).
 
         Data bigger than a row group (a whole shuffle bucket) is queued in row-group slices, so the
         bounded queue holds back the caller until the writer is near the end of it: the caller then
@@ -61,9 +65,10 @@ class PartitionWriter:
         self._raise_if_failed()
         if mask is None and data.num_rows > self.row_group_rows:
             for start in range(0, data.num_rows, self.row_group_rows):
-                self._queue.put((data.slice(start, self.row_group_rows), None))
+                part = None if extra is None else extra.slice(start, self.row_group_rows)
+                self._queue.put((data.slice(start, self.row_group_rows), None, part))
             return
-        self._queue.put((data, mask))
+        self._queue.put((data, mask, extra))
 
     def close(self) -> list[int]:
         """Finish every part (empty planned parts are written too); returns rows per part."""
@@ -97,10 +102,13 @@ class PartitionWriter:
             if self._error is not None:
                 continue  # keep draining so the producer never blocks
             try:
-                data, mask = item
+                data, mask, extra = item
                 if mask is not None:
                     data = data.filter(bool_array(mask))
                 table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+                if extra is not None:
+                    for name, column in zip(extra.column_names, extra.columns):
+                        table = table.append_column(name, column)
                 if self.transform is not None:
                     table = self.transform(table)
                 self._add(table)
