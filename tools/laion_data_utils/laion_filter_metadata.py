@@ -11,9 +11,15 @@ published atomically (nothing appears in --output_dir until the job has succeede
 
 from __future__ import annotations
 
-import argparse
-import logging
-import time
+import os
+
+# before numpy loads: its BLAS threads would spin on sched_yield beside the decoding ones (~1% of a
+# run's CPU), and nothing here does linear algebra
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path
 from typing import Any, Sequence
 

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import logging
 import mmap
+import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -35,6 +38,7 @@ from mindone.utils.cli import UserError
 log = logging.getLogger(__name__)
 KEY_PREFIX = "__laion_key_"  # dedup keys, copied under logical names while in buckets
 WHOLE_ROW_GROUP_ROWS = 1 << 20  # pass 1 reads row groups up to this size in one call (<= 8 B a row a column)
+PASS_1_THREADS = 4  # at most this many files evaluated at once in pass 1 (and no more than the cores)
 
 
 class _NoBar:
@@ -120,13 +124,13 @@ class _ConditionSpill:
     a kept row for seed 001's four conditions), so memory does not grow with the input.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, inputs: list[InputFile]) -> None:
         self.directory = Path(directory)
         self.columns: dict[Path, list[str]] = {}  # input file -> its spilled (physical) columns
-        self._index: dict[Path, int] = {}
+        self._index = {f.path: i for i, f in enumerate(inputs)}
 
     def _paths(self, f: InputFile) -> tuple[Path, Path]:
-        i = self._index.setdefault(f.path, len(self._index))
+        i = self._index[f.path]
         return self.directory / f"keep_{i:05d}.bool", self.directory / f"conditions_{i:05d}.arrows"
 
     def writer(self, f: InputFile, schema: pa.Schema | None) -> "_SpillWriter":
@@ -226,33 +230,54 @@ class _Scanner:
         return np.ones(n, bool) if alive is None else alive
 
     def count(self, spill: _ConditionSpill) -> int:
-        """Pass 1 on the condition columns only: fills the stats, and ``spill`` for :meth:`batches`."""
-        total, current, writer = 0, None, None
-        try:
-            for f, batch, keep in self.batches(columns_only=True):
-                total += int(np.count_nonzero(keep))
-                if f.path != current:
-                    if writer is not None:
-                        writer.close()
-                    current = f.path
-                    others = batch.num_columns and set(f.schema.names) - set(batch.schema.names)
-                    writer = spill.writer(f, batch.schema if others else None)
-                writer.add(batch, keep)
-        finally:
-            if writer is not None:
-                writer.close()
-        return total
+        """Pass 1 on the condition columns only: fills the stats, and ``spill`` for :meth:`batches`.
+
+        Files are evaluated in parallel threads (decoding and numpy release the GIL): one thread
+        would leave a core idle while it computes a row group's masks.
+        """
+
+        def one(f: InputFile) -> tuple[int, FilterStats | None]:
+            local = FilterStats(self.stats.condition_names) if self.stats is not None else None
+            kept, writer = 0, None
+            try:
+                for _, batch, keep in _Scanner(self.plan, local, False, self.desc).batches(True, files=[f], bar=bar):
+                    if writer is None:
+                        others = batch.num_columns and set(f.schema.names) - set(batch.schema.names)
+                        writer = spill.writer(f, batch.schema if others else None)
+                    writer.add(batch, keep)
+                    kept += int(np.count_nonzero(keep))
+            finally:
+                if writer is not None:
+                    writer.close()
+            return kept, local
+
+        workers = max(1, min(PASS_1_THREADS, os.cpu_count() or 1, len(self.plan.inputs)))
+        total_rows = sum(f.rows for f in self.plan.inputs)
+        with _bar(total=total_rows, unit="row", unit_scale=True, desc=self.desc, disable=not self.progress) as bar, \
+                ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(one, self.plan.inputs))
+        if self.stats is not None:  # merged in input order, so the report lists files as given
+            for _, local in results:
+                self.stats.rows_in.update(local.rows_in)
+                self.stats.rows_kept.update(local.rows_kept)
+                self.stats.removed_first += local.removed_first
+                self.stats.failed_any += local.failed_any
+        return sum(kept for kept, _ in results)
 
     def batches(self, columns_only: bool = False, spill: _ConditionSpill | None = None,
+                files: list[InputFile] | None = None, bar=None,
                 ) -> Iterator[tuple[InputFile, pa.RecordBatch | pa.Table, np.ndarray]]:
         """Yield ``(file, batch, keep_mask)``; ``columns_only`` reads just the condition columns.
 
         ``spill`` (from :meth:`count`): each file's keep mask is read from it instead of evaluating the
         conditions, and the columns it holds are not read (:meth:`_ConditionSpill.cursor` has them).
+        ``files``: a subset of the inputs; ``bar``: a progress bar to update instead of a new one.
         """
-        total = sum(f.rows for f in self.plan.inputs)
-        with _bar(total=total, unit="row", unit_scale=True, desc=self.desc, disable=not self.progress) as bar:
-            for f in self.plan.inputs:
+        files = self.plan.inputs if files is None else files
+        total = sum(f.rows for f in files)
+        with (nullcontext(bar) if bar is not None else
+              _bar(total=total, unit="row", unit_scale=True, desc=self.desc, disable=not self.progress)) as bar:
+            for f in files:
                 cols, known = None, None
                 if columns_only:
                     cols = sorted({f.columns[c.logical] for c in self.plan.conditions if f.columns.get(c.logical)})
@@ -298,9 +323,22 @@ class _Scanner:
                     self.stats.rows_kept[f.path.name] = kept
 
 
+def _keep_freed_pages() -> None:
+    """Let Arrow's jemalloc keep freed pages for 10 s instead of 1 s before handing them back.
+
+    Every batch allocates and frees the same sizes; pages handed back are faulted in and zeroed
+    again by the next batch (a third of a run's system time). Process-wide, so only for this tool.
+    """
+    try:
+        pa.jemalloc_set_decay_ms(10_000)
+    except (NotImplementedError, pa.ArrowException):  # Arrow built without jemalloc, or another pool
+        pass
+
+
 def run_arrow(plan: FilterPlan, out_dir: Path, progress: bool = True) -> tuple[FilterStats, list[int]]:
     """Filter (+ dedup, + shuffle) ``plan.inputs`` into ``out_dir/part_<N>.parquet``; returns stats, part rows."""
     stats = FilterStats([c.name for c in plan.conditions])
+    _keep_freed_pages()
     if plan.scratch_dir is not None:
         plan.scratch_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".laion_scratch.", suffix=".tmp", dir=plan.scratch_dir or out_dir))
@@ -314,7 +352,7 @@ def run_arrow(plan: FilterPlan, out_dir: Path, progress: bool = True) -> tuple[F
 
 def _run_plain(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: Path, progress: bool) -> list[int]:
     # pass 1: the condition columns only: counts the survivors (to size the parts exactly) and spills them
-    spill = _ConditionSpill(scratch)
+    spill = _ConditionSpill(scratch, plan.inputs)
     total = _Scanner(plan, stats, progress, "count").count(spill)
     sizes = part_sizes(total, plan.num_parts, plan.rows_per_part)
     writer = PartitionWriter(out_dir, plan.output_schema, sizes, transform=lambda t: align(t, plan.output_schema),
