@@ -413,3 +413,22 @@ def test_partition_writer_holds_the_caller_back_on_a_big_table(tmp_path):
     assert writer.close() == [60, 40]
     got = [pq.read_table(tmp_path / f"part_{i}.parquet").column("i").to_pylist() for i in (1, 2)]
     assert got == [list(range(60)), list(range(60, 100))]
+
+
+def test_full_scratch_disk_is_one_line_and_publishes_nothing(inputs, tmp_path, monkeypatch):
+    import errno as errno_
+
+    from laion_utils import filter_arrow
+
+    def full(self, batch, keep):
+        raise OSError(errno_.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(filter_arrow._SpillWriter, "add", full)
+    out = tmp_path / "out"
+    proc_err = None
+    try:
+        run("--data_dir", str(inputs["improved_aesthetics_4.5plus"]), "--output_dir", str(out))
+    except cli.UserError as err:
+        proc_err = str(err)
+    assert proc_err and "no space left" in proc_err and "--tmp_dir" in proc_err and "\n" not in proc_err
+    assert not out.exists() and not list(tmp_path.glob(".out.*")), "partial output left behind"

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shuffle_bucket_mb", type=int, default=256,
                    help="target size of one shuffle/dedup bucket; bounds peak memory (arrow engine)")
     e.add_argument("--shuffle_buckets", type=int, default=0, help="number of buckets (0: from --shuffle_bucket_mb)")
-    e.add_argument("--tmp_dir", help="scratch folder for shuffle/dedup buckets (default: inside the staging dir)")
+    e.add_argument("--tmp_dir", help="scratch folder for shuffle/dedup buckets, or a plain run's pass-1 masks and condition values "
+                        "(default: inside the staging dir)")
     e.add_argument("--no_progress", action="store_true", help="no progress bars")
     e.add_argument("--verbose", action="store_true", help="debug logging")
     return p

@@ -17,6 +17,7 @@ staging directory still keeps partial outputs out of sight.)
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -347,6 +348,11 @@ def run_arrow(plan: FilterPlan, out_dir: Path, progress: bool = True) -> tuple[F
         if plan.dedup or plan.shuffle:
             return stats, _run_bucketed(plan, stats, out_dir, scratch, progress)
         return stats, _run_plain(plan, stats, out_dir, scratch, progress)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise UserError(f"no space left for the scratch files in {scratch.parent} or the parts in {out_dir}: "
+                        "free some, or give --tmp_dir on another disk") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
