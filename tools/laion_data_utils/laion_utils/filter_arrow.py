@@ -1,11 +1,11 @@
 """The embedded filter engine: pyarrow, streaming record batches, bounded memory.
 
 Plain filter + repartition: a first pass reads only the condition columns, to count the surviving rows
-(so the parts can be sized exactly); it keeps their row masks (one bit per row) and spills the surviving
-rows' condition values to a scratch file (a few bytes per kept row), so the second pass decodes only
-the other columns (the condition columns are a tenth of a scan). The second pass streams those columns
-through the masks into the part writer, whose thread filters, joins the spilled columns back, encodes
-and writes while this one decodes the next batches. With dedup or shuffle, the surviving rows go
+(so the parts can be sized exactly), files in parallel; it spills each file's keep mask (a byte a row)
+and its surviving rows' condition values to scratch files, so the second pass decodes only the other
+columns (decoding seed 001's four condition columns costs a tenth of a scan). The second pass streams
+those columns through the masks into the part writer, whose thread filters, joins the spilled columns
+back, encodes and writes while this one decodes the next batches. With dedup or shuffle, the surviving rows go
 through an external bucket pass instead (:mod:`laion_utils.shuffle_external`). Peak memory is one
 batch + one row group (+ one bucket), whatever the input size.
 
@@ -119,7 +119,7 @@ class _MappedParquet:
 
 
 class _ConditionSpill:
-    """Pass 1's output per input file: its keep bits and the kept rows' condition columns, in scratch files.
+    """Pass 1's output per input file: its keep mask and the kept rows' condition columns, in scratch files.
 
     Pass 2 then reads only the other columns of that file; :meth:`cursor` hands the spilled rows back
     in order. The files hold a byte per input row plus the condition values of the kept rows (24 bytes
@@ -243,9 +243,9 @@ class _Scanner:
             kept, writer = 0, None
             try:
                 for _, batch, keep in _Scanner(self.plan, local, False, self.desc).batches(True, files=[f], bar=bar):
-                    if writer is None:
-                        others = batch.num_columns and set(f.schema.names) - set(batch.schema.names)
-                        writer = spill.writer(f, batch.schema if others else None)
+                    if writer is None:  # spill the condition columns, unless pass 2 would have none left to read
+                        rest = set(f.schema.names) - set(batch.schema.names)
+                        writer = spill.writer(f, batch.schema if batch.num_columns and rest else None)
                     writer.add(batch, keep)
                     kept += int(np.count_nonzero(keep))
             finally:
