@@ -306,11 +306,11 @@ def test_files_of_condition_columns_only_and_no_conditions(tmp_path):
 
 
 def test_mapped_reader_matches_pyarrow_and_returns_its_pages(tmp_path):
-    from laion_utils.filter_arrow import _MappedParquet
+    from laion_utils.mapped_parquet import MappedParquet
 
     path = tmp_path / "x.parquet"
     write_synthetic_metadata(path, 30_000, "improved_aesthetics_4.5plus", seed=3, row_group_rows=7_000)
-    src = _MappedParquet(path)
+    src = MappedParquet(path)
     assert src.file.num_row_groups == 5
     got = []
     for rg in range(src.file.num_row_groups):
@@ -320,7 +320,7 @@ def test_mapped_reader_matches_pyarrow_and_returns_its_pages(tmp_path):
     pd.testing.assert_frame_equal(pa.Table.from_batches(got).to_pandas(), pq.read_table(path).to_pandas())  # NaN == NaN
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"a": pa.array([], pa.int64())}), empty)
-    src = _MappedParquet(empty)
+    src = MappedParquet(empty)
     assert src.file.metadata.num_rows == 0
     src.close()
 
@@ -418,12 +418,12 @@ def test_partition_writer_holds_the_caller_back_on_a_big_table(tmp_path):
 def test_full_scratch_disk_is_one_line_and_publishes_nothing(inputs, tmp_path, monkeypatch):
     import errno as errno_
 
-    from laion_utils import filter_arrow
+    from laion_utils import condition_spill
 
     def full(self, batch, keep):
         raise OSError(errno_.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(filter_arrow._SpillWriter, "add", full)
+    monkeypatch.setattr(condition_spill.SpillWriter, "add", full)
     out = tmp_path / "out"
     proc_err = None
     try:
@@ -432,3 +432,23 @@ def test_full_scratch_disk_is_one_line_and_publishes_nothing(inputs, tmp_path, m
         proc_err = str(err)
     assert proc_err and "no space left" in proc_err and "--tmp_dir" in proc_err and "\n" not in proc_err
     assert not out.exists() and not list(tmp_path.glob(".out.*")), "partial output left behind"
+
+
+def test_spilled_rows_must_match_the_second_read(tmp_path):
+    # pass 2 asking for more or fewer kept rows than pass 1 spilled means the input changed in between
+    from laion_utils.condition_spill import RowCursor
+
+    path = tmp_path / "rows.arrows"
+    batch = pa.record_batch({"WIDTH": pa.array([1.0, 2.0, 3.0])})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write(batch)
+        writer.write(batch)
+    cursor = RowCursor(path, Path("in.parquet"))
+    assert cursor.take(2).column("WIDTH").to_pylist() == [1.0, 2.0]
+    assert cursor.take(3).column("WIDTH").to_pylist() == [3.0, 1.0, 2.0]  # across spilled batches
+    with pytest.raises(cli.UserError, match="in.parquet: more rows pass"):
+        cursor.finish()
+    cursor = RowCursor(path, Path("in.parquet"))
+    with pytest.raises(cli.UserError, match="in.parquet: fewer rows pass"):
+        cursor.take(7)
+    cursor.finish()  # exactly used up: no error

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import mmap
 import os
 import shutil
 import tempfile
@@ -30,9 +29,10 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from laion_utils.filter_common import DEDUP_KEYS, FilterPlan, FilterStats, InputFile, part_sizes
+from laion_utils.condition_spill import ConditionSpill
+from laion_utils.mapped_parquet import MappedParquet
 from laion_utils.partition_writer import PartitionWriter, bool_array
 from mindone.utils.cli import UserError
 
@@ -73,138 +73,6 @@ def align(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def _chunk_end(col: pq.ColumnChunkMetaData) -> int:
-    start = col.dictionary_page_offset if col.has_dictionary_page and col.dictionary_page_offset else col.data_page_offset
-    return start + col.total_compressed_size
-
-
-class _MappedParquet:
-    """A parquet file read through a read-only memory map; ``release(rg)`` drops row group ``rg``'s pages.
-
-    Reading through the map saves the kernel's copy into a read buffer. Without the release, every page
-    read would stay in this process's RSS until the file is closed (a LAION part is 3+ GB).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._map = None
-        with open(path, "rb") as fh:
-            try:
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            except (ValueError, OSError):  # empty file, or a filesystem without mmap: plain reads
-                pass
-        self.file = pq.ParquetFile(pa.BufferReader(pa.py_buffer(self._map)) if self._map is not None else path)
-        meta = self.file.metadata
-        self._ends = []  # byte offset where each row group's column chunks end
-        for i in range(meta.num_row_groups):
-            rg = meta.row_group(i)
-            self._ends.append(max((_chunk_end(rg.column(j)) for j in range(rg.num_columns)), default=0))
-        self._released = 0
-
-    def close(self) -> None:
-        self.file = None
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:  # an arrow buffer still points into the map: the GC unmaps it later
-                pass
-            self._map = None
-
-    def release(self, row_group: int) -> None:
-        if self._map is None or not hasattr(self._map, "madvise"):
-            return
-        end = (self._ends[row_group] // mmap.PAGESIZE) * mmap.PAGESIZE
-        if end > self._released:
-            self._map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
-            self._released = end
-
-
-class _ConditionSpill:
-    """Pass 1's output per input file: its keep mask and the kept rows' condition columns, in scratch files.
-
-    Pass 2 then reads only the other columns of that file; :meth:`cursor` hands the spilled rows back
-    in order. The files hold a byte per input row plus the condition values of the kept rows (24 bytes
-    a kept row for seed 001's four conditions), so memory does not grow with the input.
-    """
-
-    def __init__(self, directory: Path, inputs: list[InputFile]) -> None:
-        self.directory = Path(directory)
-        self.columns: dict[Path, list[str]] = {}  # input file -> its spilled (physical) columns
-        self._index = {f.path: i for i, f in enumerate(inputs)}
-
-    def _paths(self, f: InputFile) -> tuple[Path, Path]:
-        i = self._index[f.path]
-        return self.directory / f"keep_{i:05d}.bool", self.directory / f"conditions_{i:05d}.arrows"
-
-    def writer(self, f: InputFile, schema: pa.Schema | None) -> "_SpillWriter":
-        """``schema``: of the condition columns to spill, or None to keep only the mask."""
-        self.columns[f.path] = list(schema.names) if schema is not None else []
-        return _SpillWriter(*self._paths(f), schema)
-
-    def keep_mask(self, f: InputFile) -> np.ndarray:
-        return np.fromfile(self._paths(f)[0], bool)
-
-    def cursor(self, f: InputFile) -> "_RowCursor":
-        return _RowCursor(self._paths(f)[1])
-
-
-class _SpillWriter:
-    """Streams one input file's keep mask (a byte a row) and kept condition rows (Arrow IPC) to disk."""
-
-    def __init__(self, bits_path: Path, rows_path: Path, schema: pa.Schema | None) -> None:
-        self._bits = open(bits_path, "wb")
-        self._sink = self._rows = None
-        if schema is not None:  # None: only the mask (pass 2 reads every column of this file)
-            self._sink = pa.OSFile(str(rows_path), "wb")
-            self._rows = pa.ipc.new_stream(self._sink, schema)
-
-    def add(self, batch: pa.RecordBatch | pa.Table, keep: np.ndarray) -> None:
-        keep.tofile(self._bits)
-        kept = int(np.count_nonzero(keep))
-        if kept and self._rows is not None:
-            self._rows.write(batch if kept == batch.num_rows else batch.filter(bool_array(keep)))
-
-    def close(self) -> None:
-        if self._rows is not None:
-            self._rows.close()
-            self._sink.close()
-        self._bits.close()
-
-
-class _RowCursor:
-    """Hands out the next ``k`` rows of a spilled record batch stream, in order."""
-
-    def __init__(self, path: Path) -> None:
-        self._fh = pa.OSFile(str(path))
-        self._reader = pa.ipc.open_stream(self._fh)
-        self._batch: pa.RecordBatch | None = None
-        self._pos = 0
-
-    def take(self, k: int) -> pa.Table:
-        pieces = []
-        while k:
-            if self._batch is None or self._pos == self._batch.num_rows:
-                self._batch, self._pos = self._reader.read_next_batch(), 0  # StopIteration: caller's error
-                continue
-            n = min(k, self._batch.num_rows - self._pos)
-            pieces.append(self._batch.slice(self._pos, n))
-            self._pos += n
-            k -= n
-        return pa.Table.from_batches(pieces, schema=self._reader.schema)
-
-    def exhausted(self) -> bool:
-        if self._batch is not None and self._pos < self._batch.num_rows:
-            return False
-        try:
-            while True:
-                if self._reader.read_next_batch().num_rows:
-                    return False
-        except StopIteration:
-            return True
-
-    def close(self) -> None:
-        self._fh.close()
-
-
 class _Scanner:
     """Iterates the inputs' batches, applies the conditions, and counts what each condition removes."""
 
@@ -231,7 +99,7 @@ class _Scanner:
                 left = now
         return np.ones(n, bool) if alive is None else alive
 
-    def count(self, spill: _ConditionSpill) -> int:
+    def count(self, spill: ConditionSpill) -> int:
         """Pass 1 on the condition columns only: fills the stats, and ``spill`` for :meth:`batches`.
 
         Files are evaluated in parallel threads (decoding and numpy release the GIL): one thread
@@ -266,13 +134,13 @@ class _Scanner:
                 self.stats.failed_any += local.failed_any
         return sum(kept for kept, _ in results)
 
-    def batches(self, columns_only: bool = False, spill: _ConditionSpill | None = None,
+    def batches(self, columns_only: bool = False, spill: ConditionSpill | None = None,
                 files: list[InputFile] | None = None, bar=None,
                 ) -> Iterator[tuple[InputFile, pa.RecordBatch | pa.Table, np.ndarray]]:
         """Yield ``(file, batch, keep_mask)``; ``columns_only`` reads just the condition columns.
 
         ``spill`` (from :meth:`count`): each file's keep mask is read from it instead of evaluating the
-        conditions, and the columns it holds are not read (:meth:`_ConditionSpill.cursor` has them).
+        conditions, and the columns it holds are not read (:meth:`ConditionSpill.cursor` has them).
         ``files``: a subset of the inputs; ``bar``: a progress bar to update instead of a new one.
         """
         files = self.plan.inputs if files is None else files
@@ -295,7 +163,7 @@ class _Scanner:
                         bar.update(f.rows)
                         yield f, pa.table({}), np.ones(f.rows, bool)
                     else:
-                        src = _MappedParquet(f.path)
+                        src = MappedParquet(f.path)
                         try:
                             for rg in range(src.file.num_row_groups):
                                 rg_rows = src.file.metadata.row_group(rg).num_rows
@@ -359,7 +227,7 @@ def run_arrow(plan: FilterPlan, out_dir: Path, progress: bool = True) -> tuple[F
 
 def _run_plain(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: Path, progress: bool) -> list[int]:
     # pass 1: the condition columns only: counts the survivors (to size the parts exactly) and spills them
-    spill = _ConditionSpill(scratch, plan.inputs)
+    spill = ConditionSpill(scratch, plan.inputs)
     total = _Scanner(plan, stats, progress, "count").count(spill)
     sizes = part_sizes(total, plan.num_parts, plan.rows_per_part)
     # a deep queue (in rows, whatever --batch_rows) lets the writer thread catch up after slow batches
@@ -371,30 +239,19 @@ def _run_plain(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: Pat
     try:
         for f, batch, keep in _Scanner(plan, None, progress, "filter").batches(spill=spill):
             if f.path != current:
-                _close_cursor(current, cursor)
+                if cursor is not None:
+                    cursor.finish()
                 current, cursor = f.path, spill.cursor(f) if spill.columns.get(f.path) else None
             kept = int(np.count_nonzero(keep))
             if kept:  # filtered in the writer thread, overlapping the next read (not at all if every row passes)
-                try:
-                    spilled = cursor.take(kept) if cursor is not None else None
-                except StopIteration:
-                    raise UserError(f"{f.path}: fewer rows pass on the second read (changed during the run?)") from None
+                spilled = cursor.take(kept) if cursor is not None else None
                 writer.write(batch, None if kept == batch.num_rows else keep, spilled)
-        _close_cursor(current, cursor)
+        if cursor is not None:
+            cursor.finish()
         return writer.close()
     except BaseException:
         writer.abort()
         raise
-
-
-def _close_cursor(path: Path | None, cursor: "_RowCursor | None") -> None:
-    if cursor is None:
-        return
-    try:
-        if not cursor.exhausted():
-            raise UserError(f"{path}: more rows pass on the second read (changed during the run?)")
-    finally:
-        cursor.close()
 
 
 def _run_bucketed(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: Path, progress: bool) -> list[int]:
@@ -425,7 +282,7 @@ def _run_bucketed(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: 
                 table = table.append_column(name, table.column(f.columns[logical]))
             table = table.append_column(dd.ORD, pa.array(np.arange(ordinal, ordinal + n, dtype=np.int64)))
         ordinal += n
-        table = align(table.filter(pa.array(keep)), schema)
+        table = align(table.filter(bool_array(keep)), schema)
         if plan.dedup:
             h, _ = dd.key_hash(table, key_names, plan.seed)
             buckets = (h % np.uint64(k)).astype(np.int64)
