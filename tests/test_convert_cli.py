@@ -118,16 +118,28 @@ def test_wrong_config_reports_missing_blocks(tiny_state, tmp_path):
 def test_cli_argument_errors_are_one_line(tmp_path):
     existing = tmp_path / "exists.ckpt"
     existing.write_bytes(b"keep me")
-    run = subprocess.run([sys.executable, str(SCRIPT), "--source", str(existing), "--target", str(existing)],
+    source = tmp_path / "source.safetensors"
+    source.write_bytes(b"source bytes")
+    run = subprocess.run([sys.executable, str(SCRIPT), "--source", str(source), "--target", str(existing)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and existing.read_bytes() == b"keep me"
     assert run.stderr.strip().count("\n") == 0 and "already exists (pass --overwrite" in run.stderr
-    with pytest.raises(UserError, match="must end in .ckpt"):
+    for argv in (["--target", str(source)], ["--target", str(source), "--overwrite"], ["--overwrite"]):
+        # naming the source as the output (explicitly, or by the default name) never touches it
+        with pytest.raises(UserError, match="is the source itself"):
+            main(["--source", str(source), *argv])
+    assert source.read_bytes() == b"source bytes"
+    with pytest.raises(UserError, match=r"--target \(default\) .*exists\.safetensors: already exists"):
+        (tmp_path / "exists.safetensors").write_bytes(b"")
+        main(["--source", str(existing)])
+    with pytest.raises(UserError, match="must end in .safetensors"):
         main(["--source", str(existing), "--target", str(tmp_path / "x.pt")])
     with pytest.raises(UserError, match="no such file or directory"):
         main(["--source", str(tmp_path / "nope"), "--target", str(tmp_path / "x.ckpt")])
     (tmp_path / "junk.ckpt").write_bytes(b"\x00garbage")
-    with pytest.raises(UserError, match="junk.ckpt: neither a torch zip checkpoint nor a MindSpore checkpoint"):
+    # the reason, not a format guess: where the bytes stop making sense as a checkpoint
+    with pytest.raises(UserError, match=r"junk\.ckpt: not a readable MindSpore checkpoint \(byte 0: field number 0 "
+                                        r"\(not a protobuf message\)\); not a torch zip checkpoint either$"):
         main(["--source", str(tmp_path / "junk.ckpt"), "--target", str(tmp_path / "x.ckpt"), "--config", "tiny"])
 
 
@@ -144,6 +156,7 @@ def test_build_parser_exposes_every_flag_and_parse_args_uses_it():
     assert vars(parse_args(argv)) == vars(parser.parse_args(argv)) == {
         "source": "in.ckpt", "target": "out.safetensors", "config": "v2-base-512-eps", "dtype": "keep",
         "use_ema": False, "overwrite": False, "verbose": False}
+    assert parse_args(["--source", "in.ckpt"]).target is None  # convert_weights picks <source>.safetensors
 
 
 def test_use_ema_takes_ldm_and_mindone_ema_copies(tiny_state, tmp_path):

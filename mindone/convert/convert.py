@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from mindone.convert.name_maps import build_rules, normalize_legacy_vae_names
+from mindone.convert.name_maps import build_rules, normalize_legacy_vae_names, normalize_text_encoder_names
+from mindone.convert.mindspore_ckpt import write_mindspore_checkpoint
 from mindone.convert.safetensors_io import write_safetensors
 from mindone.convert.sources import read_source
-from mindone.utils.atomic import atomic_path
 from mindone.utils.cli import UserError
 
 logger = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ def to_ldm(tensors: Mapping[str, np.ndarray], layout: str, expected: Mapping[str
     Raises UserError listing the missing tensors, or the tensors whose shape does not match.
     """
     if layout == "diffusers":
-        tensors = normalize_legacy_vae_names(dict(tensors))
+        tensors = normalize_text_encoder_names(normalize_legacy_vae_names(dict(tensors)))
         rules = build_rules(list(expected), model_cfg)
         missing = sorted({s for r in rules.values() for s in r.sources if s not in tensors})
         _raise_missing(missing, len(tensors), source)
@@ -157,18 +156,8 @@ def load_sd_weights(model, path: str | Path, use_ema: bool = False) -> dict[str,
 
 
 def save_mindspore_checkpoint(tensors: Mapping[str, np.ndarray], target: str | Path) -> None:
-    """Write ``tensors`` (dtype kept) as a MindSpore checkpoint, atomically."""
-    import mindspore as ms
-
-    with atomic_path(target) as tmp:
-        ms_file = f"{tmp}.ckpt"  # MindSpore appends .ckpt to names without it
-        try:
-            ms.save_checkpoint([{"name": n, "data": ms.Tensor(np.ascontiguousarray(a))} for n, a in tensors.items()],
-                               ms_file)
-            os.replace(ms_file, tmp)
-        finally:
-            if os.path.exists(ms_file):
-                os.unlink(ms_file)
+    """Write ``tensors`` (dtype kept) as a MindSpore checkpoint, atomically, one tensor at a time."""
+    write_mindspore_checkpoint(target, tensors)
 
 
 def save_ldm_safetensors(tensors: Mapping[str, np.ndarray], target: str | Path) -> None:

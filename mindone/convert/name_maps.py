@@ -194,3 +194,20 @@ def legacy_vae_name(name: str) -> str:
         if name.startswith("vae/") and ".mid_block.attentions." in name and marker in name:
             return name.replace(marker, f".{old}", 1)
     return name
+
+
+_TEXT_MODEL_ROOTS = ("embeddings.", "encoder.", "final_layer_norm.")
+
+
+def normalize_text_encoder_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Add the ``text_model.`` prefix that transformers 5 no longer writes for ``CLIPTextModel``.
+
+    transformers 4 saves ``text_model.encoder.layers.0...``; 5 saves ``encoder.layers.0...``. A text
+    encoder with any ``text_model.*`` tensor is taken as 4.x naming and left as is.
+    """
+    prefix = "text_encoder/"
+    if any(name.startswith(prefix + "text_model.") for name in tensors):
+        return tensors
+    return {(f"{prefix}text_model.{name[len(prefix):]}"
+             if name.startswith(prefix) and name[len(prefix):].startswith(_TEXT_MODEL_ROOTS) else name): array
+            for name, array in tensors.items()}

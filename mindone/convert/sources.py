@@ -2,8 +2,10 @@
 
 Supported: an original ldm ``.ckpt`` (torch zip pickle, read weights-only) or ``.safetensors``; a
 diffusers folder (``unet/``, ``vae/``, ``text_encoder/`` with safetensors or ``.bin``, optionally
-sharded or ``.fp16`` variants); a MindSpore ``.ckpt`` (read with MindSpore when the file is one).
-Diffusers tensors are keyed ``<component>/<name>`` so the three parts share one namespace.
+sharded or ``.fp16`` variants); a MindSpore ``.ckpt`` (read by :mod:`mindone.convert.mindspore_ckpt`,
+memory-mapped, without MindSpore's free-memory check). Diffusers tensors are keyed
+``<component>/<name>`` so the three parts share one namespace. Files are data: nothing in them runs,
+and a folder's index files may only name weight files inside that folder.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from mindone.convert.mindspore_ckpt import read_mindspore_checkpoint
 from mindone.convert.safetensors_io import read_safetensors
-from mindone.convert.torch_pickle import read_torch_checkpoint
+from mindone.convert.torch_pickle import InvalidTensor, check_archive, check_geometry, read_torch_checkpoint
 from mindone.utils.cli import UserError
 
 logger = logging.getLogger(__name__)
@@ -41,8 +44,13 @@ def _torch_load(path: Path) -> Any:
         return read_torch_checkpoint(path)
     if not zipfile.is_zipfile(path):
         return read_torch_checkpoint(path)  # raises the clear "not a torch zip" error
+    with zipfile.ZipFile(path) as archive:
+        check_archive(archive, path)  # torch would inflate compressed records whatever size they claim
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return _torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    except InvalidTensor as err:
+        logger.debug("%s: %s; retrying with the restricted reader", path, err)
+        return read_torch_checkpoint(path)  # names the storage record in its error
     except pickle.UnpicklingError as err:
         logger.info("%s: torch weights-only load refused non-tensor objects (%s); using the restricted reader",
                     path, str(err).splitlines()[0][:120])
@@ -52,14 +60,16 @@ def _torch_load(path: Path) -> Any:
         logger.debug("%s: torch.load failed (%s); retrying with the restricted reader",
                      path, str(err).splitlines()[0][:120] if str(err) else type(err).__name__)
         return read_torch_checkpoint(path)
-    return _torch_to_numpy(obj)
 
 
 def _torch_to_numpy(obj: Any) -> Any:
+    """NumPy views of the tensors in ``obj``; raises InvalidTensor for one larger than its storage."""
     import torch
 
     if isinstance(obj, torch.Tensor):
         tensor = obj.detach()
+        check_geometry(tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1), tensor.storage_offset(),
+                       tuple(tensor.shape), tuple(tensor.stride()), "tensor")
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()
         return tensor.numpy()
@@ -83,30 +93,71 @@ def _tensor_dict(obj: Any, path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_mindspore(path: Path) -> dict[str, np.ndarray]:
-    import mindspore as ms
-
     try:
-        params = ms.load_checkpoint(str(path))
-    except (ValueError, RuntimeError, OSError) as err:
-        raise UserError(f"{path}: neither a torch zip checkpoint nor a MindSpore checkpoint "
-                        f"({str(err).splitlines()[0][:200]})") from err
-    return {name: param.asnumpy() for name, param in params.items()}
+        params = read_mindspore_checkpoint(path)
+    except UserError as err:
+        raise UserError(f"{err}; not a torch zip checkpoint either") from err
+    return {name: value for name, value in params.items() if isinstance(value, np.ndarray)}
 
 
-def _read_component(folder: Path) -> dict[str, np.ndarray]:
+def _allowed_roots(model_folder: Path) -> tuple[Path, ...]:
+    """Where a model folder's files may resolve: the folder, and for a Hugging Face cache snapshot
+    (``models--org--name/snapshots/<revision>``, whose files are symlinks into ``../../blobs``) the
+    cache entry of that one model."""
+    root = model_folder.resolve()
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return root, root.parent.parent
+    return (root,)
+
+
+def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    resolved = path.resolve()
+    return any(resolved == r or r in resolved.parents for r in roots)
+
+
+def _weight_file(folder: Path, name: Any, roots: tuple[Path, ...], named_in: Path | None = None) -> Path:
+    """``folder / name`` once it is known to stay inside ``roots``: no absolute path, no ``..``, no
+    symlink leading out. ``named_in`` is the index file the name came from (for the error)."""
+    where = f"{named_in}: weight_map entry {name!r:.200}" if named_in else f"{folder / str(name)}"
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise UserError(f"{where}: not a file name")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or "\\" in name:
+        raise UserError(f"{where}: names a file outside the model folder (absolute path or '..'); refused")
+    candidate = folder / relative
+    if not _inside(candidate, roots):
+        raise UserError(f"{where}: resolves to {candidate.resolve()}, outside the model folder (a symlink "
+                        "pointing out?); refused")
+    return candidate
+
+
+def _shard_names(index: Path) -> list[str]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{index}: not a readable weights index ({type(err).__name__}: {err})") from err
+    if not isinstance(weight_map, dict):
+        raise UserError(f"{index}: weight_map is a {type(weight_map).__name__}, not a mapping")
+    bad = next((key for key, value in weight_map.items() if not isinstance(value, str)), None)
+    if bad is not None:
+        raise UserError(f"{index}: weight_map entry {bad!r:.100} does not name a file")
+    return sorted(set(weight_map.values()))
+
+
+def _read_component(folder: Path, roots: tuple[Path, ...]) -> dict[str, np.ndarray]:
     """Weights of one diffusers component folder (single file, sharded index, fp16 variant)."""
     for variant in _VARIANTS:
         for stem in _WEIGHT_NAMES:
             for ext, reader in ((".safetensors", read_safetensors), (".bin", lambda p: _tensor_dict(_torch_load(p), p))):
                 single = folder / f"{stem}{variant}{ext}"
                 if single.is_file():
-                    return reader(single)
+                    return reader(_weight_file(folder, single.name, roots))
                 index = folder / f"{stem}{variant}{ext}.index.json"
                 if index.is_file():
-                    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                    shards = [_weight_file(folder, name, roots, named_in=index) for name in _shard_names(index)]
                     merged: dict[str, np.ndarray] = {}
                     for shard in shards:
-                        merged.update(reader(folder / shard))
+                        merged.update(reader(shard))
                     return merged
     raise UserError(f"{folder}: no weights file (expected e.g. diffusion_pytorch_model.safetensors or model.safetensors)")
 
@@ -118,9 +169,10 @@ def read_source(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
         present = [c for c in DIFFUSERS_COMPONENTS if (path / c).is_dir()]
         if not present:
             raise UserError(f"{path}: a directory but not a diffusers model folder (no unet/, vae/ or text_encoder/)")
+        roots = _allowed_roots(path)
         tensors = {}
         for component in present:
-            tensors.update({f"{component}/{k}": v for k, v in _read_component(path / component).items()})
+            tensors.update({f"{component}/{k}": v for k, v in _read_component(path / component, roots).items()})
         return tensors, "diffusers"
     if not path.is_file():
         raise UserError(f"{path}: no such file or directory")
@@ -128,4 +180,7 @@ def read_source(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
         return read_safetensors(path), "ldm"
     if zipfile.is_zipfile(path):
         return _tensor_dict(_torch_load(path), path), "ldm"
+    with open(path, "rb") as fh:
+        if fh.read(1) == b"\x80":  # a bare pickle: torch.save before 1.6 (the reader says so)
+            return _tensor_dict(read_torch_checkpoint(path), path), "ldm"
     return _read_mindspore(path), "ldm"

@@ -1,12 +1,13 @@
-"""Convert Stable Diffusion 2.x weights to a MindSpore checkpoint, or back to the original layout.
+"""Convert Stable Diffusion 2.x weights to one checked file in the original layout (safetensors by default).
 
-    python tools/model_conversion/convert_weights.py --source v2-1_512-ema-pruned.ckpt --target sd21_base.ckpt
-    python tools/model_conversion/convert_weights.py --source ./stable-diffusion-2-1-base --target sd21_base.ckpt
-    python tools/model_conversion/convert_weights.py --source sd21_base.ckpt --target sd21_base.safetensors
+    python tools/model_conversion/convert_weights.py --source v2-1_512-ema-pruned.ckpt   # -> v2-1_512-ema-pruned.safetensors
+    python tools/model_conversion/convert_weights.py --source ./stable-diffusion-2-1-base --target sd21_base.safetensors
+    python tools/model_conversion/convert_weights.py --source sd21_base.safetensors --target sd21_base.ckpt
 
 SRC: an original SD 2.x .ckpt (torch pickle, read weights-only, never executing code from the file) or
-.safetensors, a diffusers folder (unet/, vae/, text_encoder/), or a MindSpore .ckpt.
-DST: ``*.ckpt`` -> MindSpore checkpoint; ``*.safetensors`` -> original (ldm) layout safetensors.
+.safetensors, a diffusers folder (unet/, vae/, text_encoder/; transformers 4 or 5 text encoder names),
+or a MindSpore .ckpt.
+DST: ``*.safetensors`` (the default, memory-mapped when loaded) or ``*.ckpt`` (MindSpore checkpoint).
 Tensor names are the original checkpoint names in both outputs. Extra source tensors (model_ema.*, the
 24th text block, text_projection, ...) are reported and skipped; missing ones stop the conversion.
 """
@@ -31,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--source", required=True, help="original .ckpt/.safetensors, diffusers folder or MindSpore .ckpt")
-    parser.add_argument("--target", required=True,
-                        help="output file: .ckpt (MindSpore) or .safetensors (original ldm layout)")
+    parser.add_argument("--target", default=None,
+                        help="output file: .safetensors (original ldm layout, memory-mapped when loaded) or .ckpt "
+                             "(MindSpore checkpoint) (default: the source's name with .safetensors, beside it)")
     parser.add_argument("--config", default="v2-base-512-eps",
                         help="model config (yaml path or bundled name: v2-base-512-eps, v2-768-v, tiny) giving the "
                              "expected tensor names and shapes; both SD 2.x configs share one layout "
@@ -52,16 +54,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def default_target(source: Path) -> Path:
+    """``<source>.safetensors`` beside the source (a folder's name, or a file's name without its suffix)."""
+    source = Path(source)
+    return source.parent / f"{source.name}.safetensors" if source.is_dir() else source.with_suffix(".safetensors")
+
+
+def resolve_target(source: Path, target: str | None, overwrite: bool) -> Path:
+    """The output path; raises UserError for a bad name, an existing file, or the source itself."""
+    path = Path(target) if target is not None else default_target(source)
+    flag = "--target" if target is not None else "--target (default)"
+    if path.suffix not in (".ckpt", ".safetensors"):
+        raise UserError(f"{flag} {path}: the file name must end in .safetensors (original layout) or .ckpt "
+                        "(MindSpore)")
+    if path.exists() and path.resolve() == source.resolve():
+        raise UserError(f"{flag} {path}: is the source itself (it is read while the output is written); "
+                        "name another --target")
+    if path.exists() and not overwrite:
+        raise UserError(f"{flag} {path}: already exists (pass --overwrite to replace it)")
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_cli_logging(args.verbose)
-    target = Path(args.target)
-    if target.suffix not in (".ckpt", ".safetensors"):
-        raise UserError(f"--target {target}: the file name must end in .ckpt (MindSpore) or .safetensors (original)")
-    if target.exists() and not args.overwrite:
-        raise UserError(f"--target {target}: already exists (pass --overwrite to replace it)")
-    if not Path(args.source).exists():
+    source = Path(args.source)
+    if not source.exists():
         raise UserError(f"--source {args.source}: no such file or directory")
+    target = resolve_target(source, args.target, args.overwrite)
 
     from mindspore.nn.utils import no_init_parameters
 
