@@ -1,9 +1,16 @@
-"""Count complete samples in a webdataset tar from its headers alone, and detect truncation.
+"""Count complete samples in a webdataset tar from its headers alone, and detect truncation and damage.
 
 A tar is a sequence of 512-byte headers each followed by the member's data padded to 512 bytes, closed by
 (at least) one all-zero block. Reading only the headers with ``os.pread`` and jumping over the data costs
 one small read per member, whatever the image sizes, so a 10,000-sample shard is scanned in milliseconds
 instead of reading its hundreds of megabytes (see benchmarks/bench_data_stats.py).
+
+A shard is data, not trusted: every header's checksum is verified (in batches, with numpy: a Python byte
+sum per header would add half again to the scan time), sizes must be plain octal or non-negative
+base-256 and fit in the file, pax records must be well formed, and every step moves forward, so a
+crafted tar ends as a :class:`TarFormatError` (reported like a truncated shard) after at most one step
+per 512 bytes of file. Pax and GNU long-name payloads are the only member data read, and only up to
+``MAX_EXTENDED_HEADER``.
 
 Sample grouping follows webdataset: the key is the member path up to the first dot of its base name, the
 extension is the rest (``000010003.jpg`` -> key ``000010003``, ext ``jpg``).
@@ -16,11 +23,21 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
+
 BLOCK = 512
+MAX_EXTENDED_HEADER = 1 << 20  # a pax / GNU long-name payload larger than this is refused
+_CHECK_BATCH = 1024  # headers whose checksums are verified together
 _ZERO_BLOCK = bytes(BLOCK)
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp"})
 CAPTION_EXTS = frozenset({"txt", "text", "caption"})
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
+# column 0: 1 for every byte outside the checksum field; column 1: the weights of its 6 octal digits
+_CHECKSUM_WEIGHTS = np.zeros((BLOCK, 2), dtype=np.float32)
+_CHECKSUM_WEIGHTS[:, 0] = 1
+_CHECKSUM_WEIGHTS[148:156, 0] = 0
+_CHECKSUM_WEIGHTS[148:154, 1] = 8.0 ** np.arange(5, -1, -1)
+_DIGIT_ZEROS = float(0x30 * _CHECKSUM_WEIGHTS[:, 1].sum())  # what the ASCII '0's add to column 1
 
 
 class TarFormatError(ValueError):
@@ -53,35 +70,100 @@ def split_key_ext(name: str) -> tuple[str, str] | None:
 
 
 def _octal(field_bytes: bytes) -> int:
-    if field_bytes and field_bytes[0] & 0x80:  # GNU base-256 for sizes >= 8 GiB
-        value = int.from_bytes(field_bytes[1:], "big")
-        return value
-    text = field_bytes.replace(b"\0", b" ").strip()
-    return int(text, 8) if text else 0
+    """A numeric header field: octal digits up to the first NUL (space padded), or GNU base-256.
+
+    Anything else (a sign, ``0o``/``_`` that ``int`` would accept, a negative base-256 number) is a
+    :class:`TarFormatError`.
+    """
+    text = field_bytes.partition(b"\0")[0].strip()
+    if text.isdigit():
+        try:
+            return int(text, 8)
+        except ValueError:  # an 8 or a 9
+            pass
+    elif not text:
+        return 0
+    elif field_bytes[0] == 0x80:  # GNU base-256 for sizes >= 8 GiB (0xff would be a negative number)
+        return int.from_bytes(field_bytes[1:], "big")
+    raise TarFormatError(f"numeric field {field_bytes!r} is not an octal number")
 
 
-def _checksum_ok(header: bytes) -> bool:
-    stored = _octal(header[148:156])
-    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
-    return stored == unsigned
+def _checksum_matches(header: bytes) -> bool:
+    """The exact check for one header: any field layout, unsigned sum or the signed one old writers used."""
+    try:
+        stored = _octal(header[148:156])
+    except TarFormatError:
+        return False
+    rest = header[:148] + header[156:]
+    unsigned = sum(rest) + 8 * 32
+    signed = unsigned - 256 * sum(1 for byte in rest if byte >= 128)
+    return stored in (unsigned, signed)
+
+
+def _first_bad_checksum(headers: list[bytes]) -> int | None:
+    """Index of the first header whose checksum does not match, None when all do.
+
+    One matrix product gives, per header, the byte sum outside the checksum field and the value of the
+    field read as 6 octal digits (exact in float32: both stay below 2**24); the headers with that usual
+    field layout whose unsigned sum matches are confirmed, only the others are checked one by one.
+    """
+    rows = np.frombuffer(b"".join(headers), dtype=np.uint8).reshape(len(headers), BLOCK)
+    sums = rows.astype(np.float32) @ _CHECKSUM_WEIGHTS
+    field = rows[:, 148:155]
+    usual = ((field[:, :6] >= 0x30) & (field[:, :6] <= 0x37)).all(axis=1) & (field[:, 6] == 0)
+    confirmed = usual & (sums[:, 1] - _DIGIT_ZEROS == sums[:, 0] + 8 * 32)
+    for index in np.flatnonzero(~confirmed):
+        if not _checksum_matches(headers[index]):
+            return int(index)
+    return None
+
+
+def _verify_checksums(headers: list[bytes], offsets: list[int]) -> None:
+    bad = _first_bad_checksum(headers) if headers else None
+    if bad is not None:
+        raise TarFormatError(f"bad header at byte {offsets[bad]} (checksum mismatch)")
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
+    """The ``"<length> <key>=<value>\\n"`` records of a pax header; TarFormatError for a malformed one.
+
+    Each length must cover more than its own prefix and end on the newline, so the parse always advances.
+    """
     records: dict[str, str] = {}
     pos = 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+    while pos < len(data) and data[pos] != 0:  # trailing NULs: padding some writers leave
+        space = data.find(b" ", pos, pos + 20)
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit():
+            raise TarFormatError(f"malformed pax record at offset {pos} of its header")
+        length = int(digits)
+        end = pos + length
+        if length <= space - pos + 1 or end > len(data) or data[end - 1] != 0x0A:
+            raise TarFormatError(f"malformed pax record at offset {pos} of its header (length {length})")
+        key, eq, value = data[space + 1 : end - 1].partition(b"=")
+        if not eq:
+            raise TarFormatError(f"malformed pax record at offset {pos} of its header (no '=')")
         records[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-        pos += length
+        pos = end
     return records
+
+
+def _pax_size(pax: dict[str, str], size: int) -> int:
+    """The size a pax header sets for the next member (it overrides the octal field for huge members)."""
+    if "size" not in pax:
+        return size
+    text = pax["size"].strip()
+    if not (text.isascii() and text.isdigit()):
+        raise TarFormatError(f"pax size {pax['size']!r} is not a non-negative number")
+    return int(text)
 
 
 def iter_tar_members(path: str | os.PathLike):
     """Yield ``(name, size, data_offset)`` of every regular file member.
 
-    Raises :class:`TarFormatError` when the archive is truncated or malformed.
+    A member is yielded once its header and every header before it passed the checksum check (checked
+    every ``_CHECK_BATCH`` headers). Raises :class:`TarFormatError` when the archive is truncated or
+    malformed; the loop moves at least 512 bytes forward per header, so it always ends.
     """
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -91,43 +173,59 @@ def iter_tar_members(path: str | os.PathLike):
         offset = 0
         long_name: str | None = None
         pax: dict[str, str] = {}
+        headers: list[bytes] = []
+        offsets: list[int] = []
+        ready: list[tuple[str, int, int]] = []
         while True:
             header = os.pread(fd, BLOCK, offset)
             if len(header) < BLOCK:
+                _verify_checksums(headers, offsets)
                 raise TarFormatError(f"truncated: no end-of-archive marker (file ends at byte {file_size})")
             if header == _ZERO_BLOCK:
-                return  # end-of-archive marker: the writer closed the archive
-            # ustar/gnu/pax headers carry a magic; the byte-sum checksum (slow in Python) is checked otherwise
-            if header[257:262] != b"ustar" and not _checksum_ok(header):
-                raise TarFormatError(f"bad header at byte {offset}")
-            size = _octal(header[124:136])
+                break  # end-of-archive marker: the writer closed the archive
+            headers.append(header)
+            offsets.append(offset)
             typeflag = header[156:157]
-            if typeflag not in (b"x", b"L", b"g") and "size" in pax:
-                size = int(pax["size"])  # pax overrides the octal field for huge members
             data_start = offset + BLOCK
-            data_end = data_start + size
-            if data_end > file_size:
-                raise TarFormatError(f"truncated: member at byte {offset} needs {data_end} bytes, file has {file_size}")
-            if typeflag in (b"x", b"L"):
-                payload = os.pread(fd, size, data_start)
-                if typeflag == b"L":
-                    long_name = payload.rstrip(b"\0").decode("utf-8", "replace")
-                else:
-                    pax = _pax_records(payload)
-            elif typeflag == b"g":
-                pass  # global pax header: no member
-            else:
-                if typeflag in (b"0", b"\0", b"7"):
-                    name = long_name or pax.get("path")
-                    if name is None:
-                        name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-                        if header[257:262] == b"ustar":
-                            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
-                            if prefix:
-                                name = f"{prefix}/{name}"
-                    yield name, size, data_start
-                long_name, pax = None, {}
-            offset = data_start + (data_end - data_start + BLOCK - 1) // BLOCK * BLOCK
+            try:
+                size = _octal(header[124:136])
+                if pax and typeflag not in (b"x", b"L", b"g"):
+                    size = _pax_size(pax, size)
+                data_end = data_start + size
+                if data_end > file_size:
+                    raise TarFormatError(f"truncated: member at byte {offset} needs {data_end} bytes, file has {file_size}")
+                if typeflag in (b"x", b"L"):
+                    if size > MAX_EXTENDED_HEADER:
+                        raise TarFormatError(f"extended header at byte {offset} is {size} bytes (limit {MAX_EXTENDED_HEADER})")
+                    payload = os.pread(fd, size, data_start)
+                    if len(payload) < size:
+                        raise TarFormatError(f"truncated: member at byte {offset} ends early")
+                    if typeflag == b"L":
+                        long_name = payload.rstrip(b"\0").decode("utf-8", "replace")
+                    else:
+                        pax = _pax_records(payload)
+                elif typeflag != b"g":  # a global pax header describes no member
+                    if typeflag in (b"0", b"\0", b"7"):
+                        name = long_name or pax.get("path")
+                        if name is None:
+                            name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+                            if header[257:262] == b"ustar":
+                                prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
+                                if prefix:
+                                    name = f"{prefix}/{name}"
+                        ready.append((name, size, data_start))
+                    long_name, pax = None, {}
+            except TarFormatError as err:
+                _verify_checksums(headers, offsets)  # a damaged header is named as such first
+                message = str(err)
+                raise TarFormatError(message if message.startswith("truncated") else f"bad header at byte {offset}: {message}") from None
+            offset = data_start + (size + BLOCK - 1) // BLOCK * BLOCK
+            if len(headers) >= _CHECK_BATCH:
+                _verify_checksums(headers, offsets)
+                yield from ready
+                headers, offsets, ready = [], [], []
+        _verify_checksums(headers, offsets)
+        yield from ready
     finally:
         os.close(fd)
 
@@ -144,10 +242,11 @@ def scan_tar(path: str | os.PathLike) -> TarScan:
     scan = TarScan(path=str(path))
     exts: dict[str, dict[str, int]] = defaultdict(dict)
     try:
+        match_key_ext = _KEY_EXT.match  # split_key_ext inlined: this loop runs once per member
         for name, size, _ in iter_tar_members(path):
-            parts = split_key_ext(name)
+            parts = match_key_ext(name)
             if parts is not None:
-                exts[parts[0]][parts[1]] = size
+                exts[parts[1]][parts[2].lower()] = size
     except (OSError, TarFormatError, ValueError) as err:
         scan.error = str(err)
         return scan
