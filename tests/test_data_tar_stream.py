@@ -35,7 +35,7 @@ def test_wanted_samples_are_grouped_and_others_skipped(tmp_path):
 class CountingReader(io.RawIOBase):
     """A seekable file that counts the bytes actually read (to prove skipping by header)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | int):
         self.fh = open(path, "rb")
         self.bytes_read = 0
 
@@ -68,7 +68,7 @@ def test_skipped_members_are_not_read_from_local_files(tmp_path, monkeypatch):
     readers = []
 
     def counting_open(path, mode="rb", buffering=-1):
-        readers.append(CountingReader(Path(path)))
+        readers.append(CountingReader(path))  # the reader opens a file descriptor it checked
         return readers[-1]
 
     monkeypatch.setattr(ts, "open", counting_open, raising=False)

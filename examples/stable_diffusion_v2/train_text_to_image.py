@@ -46,6 +46,8 @@ def check_args(args) -> None:
         raise UserError(f"--caption_dropout {args.caption_dropout}: must be in [0, 1)")
     if args.shuffle_buffer < 1:
         raise UserError(f"--shuffle_buffer {args.shuffle_buffer}: must be at least 1")
+    if not args.max_member_mb > 0:
+        raise UserError(f"--max_member_mb {args.max_member_mb}: must be positive")
     if args.learning_rate <= 0:
         raise UserError(f"--learning_rate {args.learning_rate}: must be positive")
     if args.train_target == "vae" and (args.use_lora or args.train_text_encoder):
@@ -94,6 +96,8 @@ def data_options(args) -> dict:
                    uneven=args.uneven_policy, filters=filters, shuffle_buffer=args.shuffle_buffer)
     if args.shard_root:
         options["shard_root"] = args.shard_root
+    options["allow_outside_data_root"] = args.allow_outside_data_root
+    options["max_member_bytes"] = int(args.max_member_mb * (1 << 20))
     return options
 
 
@@ -101,6 +105,7 @@ def batch_stream(args, tokenizer, rank: int, world_size: int, start_batch: int,
                  steps_per_epoch: int) -> Iterator[tuple[int, object, object]]:
     """(epoch, images, token_ids) batches from ``start_batch`` on, across epochs, never decoding skipped ones."""
     from mindone.data.loader import build_dataset
+    from mindone.data.workers import no_usable_sample_line
 
     epoch, offset = divmod(start_batch, steps_per_epoch)
     while True:
@@ -109,8 +114,14 @@ def batch_stream(args, tokenizer, rank: int, world_size: int, start_batch: int,
             num_workers=args.dataloader_num_workers, shuffle=True, caption_dropout=args.caption_dropout,
             random_crop=not args.center_crop, random_flip=args.random_flip, start_step=offset, epoch=epoch,
             **data_options(args))
-        for images, token_ids in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
-            yield epoch, images, token_ids
+        try:
+            for images, token_ids in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
+                yield epoch, images, token_ids
+        except RuntimeError as err:
+            line = no_usable_sample_line(err)
+            if line is None:
+                raise
+            raise UserError(f"--data_path {args.data_path}: {line}") from None
         epoch, offset = epoch + 1, 0
 
 

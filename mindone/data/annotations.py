@@ -3,7 +3,10 @@
 - files dataset: ``part_<N>.csv`` with columns ``dir,text``; ``dir`` is relative to the csv's folder
   (``part_1/00000/000000000.jpg``).
 - webdataset: ``part_<N>_stats.csv`` with columns ``file_path,num_samples``; ``file_path`` is relative to
-  the csv's folder (``part_1/00000.tar``), or absolute, or a URL / ``pipe:`` command.
+  the csv's folder (``part_1/00000.tar``) or to the user's ``shard_root``.
+
+Csv values are data: what they may name (never a command, nothing outside the root unless allowed) is
+:mod:`mindone.data.locations`'s contract.
 
 ``data_path`` may be a folder (every part in it, or the ``parts`` chosen), one csv file, or a list of
 either (a comma-separated string works too).
@@ -20,11 +23,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from mindone.data.locations import OUTSIDE_FLAG, Root, UnsafeLocation, inside_root
 from mindone.utils.cli import UserError
 
 _FILES_CSV = re.compile(r"^part_(\d+)\.csv$")
 _STATS_CSV = re.compile(r"^part_(\d+)_stats\.csv$")
-_REMOTE = ("http://", "https://", "pipe:", "s3://", "gs://", "obs://")
 
 
 def _part_sort_key(path: Path, pattern: re.Pattern) -> tuple[int, str]:
@@ -98,13 +101,23 @@ class PackedStrings:
 
 @dataclass
 class FilesAnnotations:
-    """Image paths (absolute) and captions of a files dataset, one row per sample."""
+    """Image paths (absolute) and captions of a files dataset, one row per sample.
+
+    Row ``i`` came from csv ``k = searchsorted(row_starts, i, "right") - 1`` whose folder is ``roots[k]``:
+    the place its image must stay inside when opened (symlinks included), unless ``allow_outside_root``.
+    """
 
     paths: PackedStrings
     captions: PackedStrings  # may be empty strings
+    roots: list[str]
+    row_starts: np.ndarray  # int64, first row of each csv
+    allow_outside_root: bool = False
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def root_of(self, row: int) -> str:
+        return self.roots[int(np.searchsorted(self.row_starts, row, side="right")) - 1]
 
 
 @dataclass
@@ -132,43 +145,42 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
-def _join(root: str, relative: str) -> str:
-    if relative.startswith(_REMOTE) or os.path.isabs(relative):
-        return relative
-    if "{}" in root:  # template, e.g. "pipe:aws s3 cp s3://bucket/laion/{} -"
-        return root.replace("{}", relative)
-    if root.startswith(_REMOTE):
-        return root.rstrip("/") + "/" + relative
-    return os.path.join(root, relative)
-
-
-def read_files_annotations(csv_files: Sequence[Path]) -> FilesAnnotations:
-    """Concatenate ``dir,text`` csvs; paths become absolute (relative to each csv's folder)."""
+def read_files_annotations(csv_files: Sequence[Path], *, allow_outside_root: bool = False) -> FilesAnnotations:
+    """Concatenate ``dir,text`` csvs; paths become absolute (relative to each csv's folder, inside it)."""
     paths: list[PackedStrings] = []
     captions: list[PackedStrings] = []
+    roots: list[str] = []
     for csv in csv_files:
         frame = _read_csv(csv, ("dir", "text"))
-        root = str(csv.resolve().parent)
-        paths.append(PackedStrings([_join(root, d) for d in frame["dir"].tolist()]))
+        root = Root(str(csv.resolve().parent), "local")
+        paths.append(PackedStrings([
+            root.resolve(d, where=f"{csv}:{row} dir", allow_outside_root=allow_outside_root)
+            for row, d in enumerate(frame["dir"].tolist(), start=2)]))
         captions.append(PackedStrings(frame["text"].tolist()))
+        roots.append(root.text)
         del frame
     if sum(len(p) for p in paths) == 0:
         raise UserError(f"{', '.join(map(str, csv_files))}: no rows")
-    return FilesAnnotations(PackedStrings.concat(paths), PackedStrings.concat(captions))
+    row_starts = np.cumsum([0] + [len(p) for p in paths[:-1]]).astype(np.int64)
+    return FilesAnnotations(PackedStrings.concat(paths), PackedStrings.concat(captions), roots, row_starts,
+                            allow_outside_root)
 
 
-def read_shard_list(csv_files: Sequence[Path], shard_root: str | None = None) -> ShardList:
+def read_shard_list(
+    csv_files: Sequence[Path], shard_root: str | None = None, *, allow_outside_root: bool = False
+) -> ShardList:
     """Concatenate ``file_path,num_samples`` csvs.
 
     Relative ``file_path`` values are joined to ``shard_root`` when given (a folder, a URL prefix, or a
-    template containing ``{}``, e.g. ``pipe:aws s3 cp s3://bucket/laion/{} -``), else to the csv's folder.
-    Shards with zero samples are dropped.
+    template containing ``{}``, e.g. ``pipe:aws s3 cp s3://bucket/laion/{} -``), else to the csv's folder,
+    by the rules of :mod:`mindone.data.locations`. Shards with zero samples are dropped.
     """
     urls: list[str] = []
     sizes: list[int] = []
+    user_root = Root.parse(shard_root) if shard_root is not None else None
     for csv in csv_files:
         frame = _read_csv(csv, ("file_path", "num_samples"))
-        root = shard_root if shard_root is not None else str(csv.resolve().parent)
+        root = user_root or Root(str(csv.resolve().parent), "local")
         for row, (file_path, count) in enumerate(zip(frame["file_path"], frame["num_samples"]), start=2):
             try:
                 n = int(float(count))
@@ -177,7 +189,12 @@ def read_shard_list(csv_files: Sequence[Path], shard_root: str | None = None) ->
             if n < 0:
                 raise UserError(f"{csv}:{row}: num_samples {n} is negative")
             if n > 0:
-                urls.append(_join(root, file_path))
+                where = f"{csv}:{row} file_path"
+                url = root.resolve(file_path, where=where, allow_outside_root=allow_outside_root)
+                if root.kind == "local" and not allow_outside_root and not inside_root(url, root.text):
+                    raise UnsafeLocation(f"{where}: {file_path[:80]!r} is a symlink to a place outside the data "
+                                         f"root {root.text!r} (pass {OUTSIDE_FLAG} to follow it)")
+                urls.append(url)
                 sizes.append(n)
     if not urls:
         raise UserError(f"{', '.join(map(str, csv_files))}: no shard with samples")

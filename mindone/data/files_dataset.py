@@ -2,6 +2,8 @@
 
 Each row is a shard of one sample. The caption comes from the csv ``text``; the img2dataset json
 beside the image (``000000000.json``) is read only when filters need it. The key is the file stem.
+An image that is a symlink to a place outside its csv's folder is skipped (``outside_data_root``) unless
+the annotations allow it, and one larger than ``max_member_bytes`` is skipped unread (``oversized_member``).
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from mindone.data.annotations import FilesAnnotations
-from mindone.data.tar_stream import RawSample
+from mindone.data.locations import inside_root
+from mindone.data.tar_stream import MAX_MEMBER_BYTES, RawSample, open_regular_file
 
 
 class FilesReader:
-    def __init__(self, annotations: FilesAnnotations, read_meta: bool = False) -> None:
+    def __init__(self, annotations: FilesAnnotations, read_meta: bool = False,
+                 max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
+        self.annotations = annotations
         self.paths = annotations.paths
         self.captions = annotations.captions
         self.read_meta = read_meta
+        self.max_member_bytes = max_member_bytes
         self.sizes = np.ones(len(annotations), dtype=np.int64)
 
     def read(self, shard: int, members: Sequence[int]) -> Iterator[tuple[int, RawSample | str]]:
@@ -27,17 +33,24 @@ class FilesReader:
         path = self.paths[shard]
         stem = os.path.splitext(path)[0]
         sample = RawSample(os.path.basename(stem))
+        root = None if self.annotations.allow_outside_root else self.annotations.root_of(shard)
+        if root is not None and not inside_root(path, root):
+            yield 0, "outside_data_root"
+            return
         try:
-            with open(path, "rb") as fh:
-                sample.files["jpg"] = fh.read()  # Pillow detects the real format from the bytes
+            with open_regular_file(path) as fh:
+                if os.fstat(fh.fileno()).st_size > self.max_member_bytes:
+                    yield 0, "oversized_member"
+                    return
+                sample.files["jpg"] = fh.read(self.max_member_bytes)  # Pillow detects the format from the bytes
         except OSError:
             yield 0, "missing_image"
             return
         sample.files["txt"] = self.captions[shard].encode("utf-8")
-        if self.read_meta:
+        if self.read_meta and (root is None or inside_root(stem + ".json", root)):
             try:
-                with open(stem + ".json", "rb") as fh:
-                    sample.files["json"] = fh.read()
+                with open_regular_file(stem + ".json") as fh:
+                    sample.files["json"] = fh.read(self.max_member_bytes)
             except OSError:
                 pass
         yield 0, sample

@@ -18,6 +18,7 @@ from mindone.data.filters import SampleFilters
 from mindone.data.processing import SampleProcessor
 from mindone.data.shards import detect_rank_and_world_size
 from mindone.data.stream import SampleStream
+from mindone.data.tar_stream import MAX_MEMBER_BYTES
 from mindone.data.webdataset_dataset import WebdatasetReader
 from mindone.utils.cli import UserError
 
@@ -45,6 +46,8 @@ def build_sample_stream(
     min_image_size: int = 32,
     parts: Sequence[int] | None = None,
     shard_root: str | None = None,
+    allow_outside_data_root: bool = False,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
     start_method: str = "fork",
 ) -> SampleStream:
     """The rank's per-sample stream (dicts with ``key``, ``image``, ``token_ids``); arguments as
@@ -62,9 +65,11 @@ def build_sample_stream(
     sample_filters = SampleFilters.from_config(filters)
     csv_files = resolve_annotation_files(data_path, dataset_type, parts)
     if dataset_type == "files":
-        reader = FilesReader(read_files_annotations(csv_files), read_meta=sample_filters.active)
+        annotations = read_files_annotations(csv_files, allow_outside_root=allow_outside_data_root)
+        reader = FilesReader(annotations, read_meta=sample_filters.active, max_member_bytes=max_member_bytes)
     else:
-        reader = WebdatasetReader(read_shard_list(csv_files, shard_root))
+        shards = read_shard_list(csv_files, shard_root, allow_outside_root=allow_outside_data_root)
+        reader = WebdatasetReader(shards, max_member_bytes=max_member_bytes)
     processor = SampleProcessor(
         tokenizer, image_size=image_size, random_crop=random_crop, random_flip=random_flip,
         caption_dropout=caption_dropout, filters=sample_filters, min_image_size=min_image_size, seed=seed,
@@ -140,7 +145,9 @@ def build_dataset(
             ``epoch``, ``epoch + 1``...). A ``start_step`` past the epoch's end moves to a later epoch.
         options: ``shuffle_buffer`` (1000), ``uneven`` ("pad" | "drop", see :mod:`mindone.data.shards`),
             ``min_image_size`` (32 px), ``parts``, ``shard_root`` (folder, URL prefix or template with
-            ``{}`` for relative shard paths), ``start_method`` ("fork").
+            ``{}`` for relative shard paths), ``allow_outside_data_root`` (False: csv values stay inside
+            their root, see :mod:`mindone.data.locations`), ``max_member_bytes`` (64 MiB: larger images,
+            captions or jsons are skipped unread), ``start_method`` ("fork").
     """
     import mindspore.dataset as ds  # heavy: only when a MindSpore dataset is wanted
 

@@ -1,5 +1,9 @@
 """Stream samples out of a tar shard: a local file, an ``http(s)://`` URL, or a ``pipe:<command>``.
 
+Shards are plain (uncompressed) tars, as img2dataset writes them: a compressed one is unreadable, since a
+small compressed file could expand without bound. A member larger than ``max_member_bytes`` is never read
+into memory: its sample comes out as bad with reason ``oversized_member``.
+
 Members are grouped into samples by key (webdataset convention: the path up to the first ``.`` of the
 file name; ``000010023.jpg``, ``000010023.txt`` and ``000010023.json`` form sample ``000010023``).
 Sample ``i`` of a shard is the ``i``-th group in the tar. Only the wanted samples have their bytes
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import subprocess
 import tarfile
 import time
@@ -24,6 +29,7 @@ from typing import IO, Iterator, Sequence
 logger = logging.getLogger(__name__)
 
 URL_TIMEOUT_S = 60.0
+MAX_MEMBER_BYTES = 64 << 20  # an image, caption or json larger than this is not a training sample
 REMOTE_RETRIES = 2
 RETRY_DELAY_S = 1.0
 
@@ -45,6 +51,16 @@ def split_member_name(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1 :].lower()
 
 
+def open_regular_file(path: str) -> IO[bytes]:
+    """Open a regular file for reading; a FIFO, device or folder raises OSError instead of blocking or
+    streaming forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path}: not a regular file")
+    return open(fd, "rb", buffering=1 << 20)
+
+
 @contextlib.contextmanager
 def open_shard(url: str) -> Iterator[tuple[IO[bytes], bool]]:
     """Open a shard for reading; yields ``(file object, seekable)``. Pipes are reaped on exit."""
@@ -64,7 +80,7 @@ def open_shard(url: str) -> Iterator[tuple[IO[bytes], bool]]:
             yield response, False
     else:
         path = url[7:] if url.startswith("file://") else url
-        with open(path, "rb", buffering=1 << 20) as fh:
+        with open_regular_file(path) as fh:
             yield fh, True
 
 
@@ -83,7 +99,9 @@ def ascending_runs(wanted: Sequence[int]) -> list[list[int]]:
     return runs
 
 
-def read_samples(url: str, wanted: Sequence[int], retries: int | None = None) -> Iterator[tuple[int, RawSample | str]]:
+def read_samples(
+    url: str, wanted: Sequence[int], retries: int | None = None, max_member_bytes: int = MAX_MEMBER_BYTES
+) -> Iterator[tuple[int, RawSample | str]]:
     """Yield ``(index, RawSample)`` for each wanted sample index, in the order asked, or ``(index, reason)``.
 
     Indices may repeat or go back (a plan that wraps around the dataset): each ascending run of them is
@@ -94,10 +112,12 @@ def read_samples(url: str, wanted: Sequence[int], retries: int | None = None) ->
     ``unreadable_shard``.
     """
     for run in ascending_runs(wanted):
-        yield from _read_run(url, run, retries)
+        yield from _read_run(url, run, retries, max_member_bytes)
 
 
-def _read_run(url: str, wanted: Sequence[int], retries: int | None) -> Iterator[tuple[int, RawSample | str]]:
+def _read_run(
+    url: str, wanted: Sequence[int], retries: int | None, max_member_bytes: int
+) -> Iterator[tuple[int, RawSample | str]]:
     """:func:`read_samples` for one strictly ascending run of indices."""
     if retries is None:
         retries = REMOTE_RETRIES if url.startswith(("http://", "https://", "pipe:")) else 0
@@ -105,7 +125,7 @@ def _read_run(url: str, wanted: Sequence[int], retries: int | None) -> Iterator[
     while done < len(wanted):
         try:
             with open_shard(url) as (fh, seekable):
-                for item in _iter_groups(fh, seekable, wanted[done:]):
+                for item in _iter_groups(fh, seekable, wanted[done:], max_member_bytes):
                     done += 1
                     yield item
             break
@@ -127,9 +147,14 @@ def _read_run(url: str, wanted: Sequence[int], retries: int | None) -> Iterator[
             yield int(index), "truncated_shard"
 
 
-def _iter_groups(fh: IO[bytes], seekable: bool, wanted: Sequence[int]) -> Iterator[tuple[int, RawSample]]:
-    """The wanted groups of a tar, complete; a group cut by truncation raises (caller marks the rest)."""
-    tar = tarfile.open(fileobj=fh, mode="r:*" if seekable else "r|*")
+def _iter_groups(
+    fh: IO[bytes], seekable: bool, wanted: Sequence[int], max_member_bytes: int
+) -> Iterator[tuple[int, RawSample | str]]:
+    """The wanted groups of a tar, complete; a group cut by truncation raises (caller marks the rest).
+
+    A wanted group with a member over ``max_member_bytes`` comes out as ``oversized_member``, unread.
+    """
+    tar = tarfile.open(fileobj=fh, mode="r:" if seekable else "r|")
     targets = iter(int(w) for w in wanted)
     target = next(targets)
     group, key, sample = -1, None, None
@@ -145,7 +170,10 @@ def _iter_groups(fh: IO[bytes], seekable: bool, wanted: Sequence[int]) -> Iterat
                     return
             group, key = group + 1, member_key
             sample = RawSample(key) if group == target else None
-        if sample is not None:
+        if isinstance(sample, RawSample):
+            if member.size > max_member_bytes:
+                sample = "oversized_member"
+                continue
             data = tar.extractfile(member).read()
             if len(data) != member.size:
                 raise EOFError(f"member {member.name} truncated")

@@ -1,4 +1,12 @@
-"""Reader for webdataset tar shards listed in ``part_<N>_stats.csv`` (local paths, URLs, ``pipe:``)."""
+"""Reader for webdataset tar shards listed in ``part_<N>_stats.csv`` (local paths, URLs, ``pipe:``).
+
+A shard that could not be opened at all (after the source's retries) is remembered: later reads of it in
+the same worker come out ``unreadable_shard`` at once instead of paying the retries again. When the first
+``GIVE_UP_AFTER`` distinct shards a worker tries are all unreadable and nothing has been read yet, the
+source is taken to be wrong as a whole (a bad ``--shard_root``, missing credentials, a command that prints
+nothing) and :class:`~mindone.data.workers.NoUsableSample` ends the run, instead of trying every shard of
+the dataset first.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +15,38 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from mindone.data.annotations import ShardList
-from mindone.data.tar_stream import RawSample, read_samples
+from mindone.data.tar_stream import MAX_MEMBER_BYTES, RawSample, read_samples
+from mindone.data.workers import NoUsableSample
+
+GIVE_UP_AFTER = 4
 
 
 class WebdatasetReader:
     """Reads the wanted samples of one shard at a time; ``sizes`` are the stats-csv counts."""
 
-    def __init__(self, shards: ShardList) -> None:
+    def __init__(self, shards: ShardList, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
         self.urls = shards.urls
         self.sizes = shards.sizes
+        self.max_member_bytes = max_member_bytes
+        self.unreadable: set[int] = set()
+        self.any_read = False
 
     def read(self, shard: int, members: Sequence[int]) -> Iterator[tuple[int, RawSample | str]]:
         """``(member index, RawSample or skip reason)`` for each member, in the given ascending order."""
-        return read_samples(self.urls[shard], np.asarray(members, dtype=np.int64))
+        members = np.asarray(members, dtype=np.int64)
+        if shard in self.unreadable:
+            yield from ((int(m), "unreadable_shard") for m in members)
+            return
+        for member, item in read_samples(self.urls[shard], members, max_member_bytes=self.max_member_bytes):
+            if item == "unreadable_shard":
+                self._failed(shard)
+            else:
+                self.any_read = True
+            yield member, item
+
+    def _failed(self, shard: int) -> None:
+        self.unreadable.add(shard)
+        if not self.any_read and len(self.unreadable) >= min(GIVE_UP_AFTER, len(self.urls)):
+            raise NoUsableSample(
+                f"no usable sample: the first {len(self.unreadable)} shards tried could not be read "
+                f"(e.g. {self.urls[shard][:120]}; see the warnings above)")

@@ -39,7 +39,17 @@ class ShardReader(Protocol):
 
 
 class NoUsableSample(RuntimeError):
-    """A worker scanned the whole epoch stream without finding a single usable sample."""
+    """A worker scanned the whole epoch stream without finding a single usable sample (or the source is
+    unreadable as a whole). MindSpore's GeneratorDataset re-raises it as a RuntimeError holding its text:
+    :func:`no_usable_sample_line` finds the one line to show the user."""
+
+
+def no_usable_sample_line(err: BaseException) -> str | None:
+    """The ``no usable sample ...`` line inside ``err`` (however wrapped), or None."""
+    marker = f"{NoUsableSample.__name__}: "
+    text = str(err)
+    at = text.find(marker)
+    return text[at + len(marker):].split("\n", 1)[0] if at >= 0 else None
 
 
 @dataclass

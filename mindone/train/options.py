@@ -36,6 +36,11 @@ TRAIN_OPTIONS: list[Option] = [
     Option("shard_root", str, None, "webdataset: where the stats csv's relative shard paths live, if not beside "
            "the csv: a folder, a URL prefix, or a template with {} for the path, e.g. "
            "'pipe:aws s3 cp s3://bucket/laion/{} -'", group="data"),
+    Option("allow_outside_data_root", bool, False, "let annotation csvs name shards / images outside their "
+           "root (absolute paths, '..', symlinks out, other URLs); commands in csvs stay refused "
+           "(docs/security.md)", group="data"),
+    Option("max_member_mb", float, 64.0, "skip samples with an image, caption or json larger than this "
+           "(MB), unread", group="data"),
     Option("shuffle_buffer", int, 1000, "webdataset: samples held in the shuffle buffer of each worker",
            group="data"),
     Option("uneven_policy", str, "pad", "when samples do not divide evenly over ranks x batch: pad (repeat a few "
