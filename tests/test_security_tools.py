@@ -173,3 +173,4 @@ def test_stats_cli_and_resume_check_report_the_crafted_shard(tmp_path):
     assert "part_1/00000.tar" in lines[-1] and "bad header at byte 0" in lines[-1] and "Traceback" not in proc.stderr
     report = prepare_resume(part, "webdataset")  # the downloader's resume check uses the same scanner
     assert report.invalidated == ["00000"] and not (part / "00000.tar").exists()
+

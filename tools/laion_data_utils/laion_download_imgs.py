@@ -21,6 +21,7 @@ from mindone.utils.cli import UserError, run_main, setup_cli_logging
 
 from laion_utils import img2dataset_launch as launch
 from laion_utils.shard_state import done_shard_names, prepare_resume
+from laion_utils.url_guard import UrlGuardError, http_only_kwargs
 
 logger = logging.getLogger("laion_download_imgs")
 
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt("spark_master", help_="with --distributor pyspark: Spark master URL (spark://host:7077, local[8]); "
         "unset = an existing session or img2dataset's local one. output_dir must be shared by the executors")
     flag("insecure_ssl", False, "accept invalid TLS certificates (logs a warning); default verifies them")
+    flag("allow_non_http_urls", False, "hand rows whose URL is not http(s) (file://, ftp://, data:) to img2dataset, which "
+         "would read them; by default they are left out of the download, counted and reported")
     flag("verify_resume", True, "before a rerun, check the shards already done and redo any that do not hold up")
     flag("dry_run", False, "print the img2dataset arguments of each part as json and exit")
     return parser
@@ -184,10 +187,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for pid, input_path in inputs.items():
         output_folder = f"{args.output_dir.rstrip('/')}/part_{pid}"
         kwargs = part_kwargs(args, input_path, output_folder, extra)
+        refused, input_rows = 0, None
+        if not args.allow_non_http_urls:  # the same kwargs go to either distributor: both only see http(s) rows
+            try:
+                kwargs, screen = http_only_kwargs(kwargs, input_path, args.input_format, dry_run=args.dry_run)
+            except UrlGuardError as err:
+                raise UserError(f"part {pid}: {err}") from None
+            refused = screen.refused
+            if refused:
+                input_rows = screen.rows - refused  # the rows of the copy img2dataset reads
+                logger.warning("part %d: %s: %s; left out of the download (--allow_non_http_urls keeps them)",
+                               pid, input_path, screen.describe())
         if args.dry_run:
-            print(json.dumps({"part": pid, "spark_master": args.spark_master, "insecure_ssl": args.insecure_ssl, "img2dataset": kwargs}))
+            print(json.dumps({"part": pid, "spark_master": args.spark_master, "insecure_ssl": args.insecure_ssl,
+                              "refused_non_http_urls": refused, "img2dataset": kwargs}))  # fmt: skip
             continue
-        input_rows = launch.count_input_rows(input_path, args.input_format)
+        if input_rows is None:
+            input_rows = launch.count_input_rows(input_path, args.input_format)
         if local_output:
             launch.check_resume_settings(Path(output_folder), kwargs, input_rows)
             resume = prepare_resume(Path(output_folder), args.output_format, verify_done=args.verify_resume)

@@ -1,0 +1,124 @@
+"""Issue 17, tools side, for the download tools: a metadata row never makes img2dataset read a local file
+(only http(s) URLs are handed over unless --allow_non_http_urls), and a metadata server never chooses
+where a file is written.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from mindone.utils.cli import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = REPO / "tools" / "laion_data_utils"
+
+
+# -- 4. only http(s) URLs of the metadata reach img2dataset ------------------------------------------------------
+
+DOWNLOAD = TOOLS / "laion_download_imgs.sh"
+SMALL = ["--processes_count", "1", "--thread_count", "4", "--timeout", "2", "--image_size", "64"]
+
+
+def url_rows(urls: list) -> dict:
+    return {"URL": urls, "TEXT": [f"caption {i}" for i in range(len(urls))], "similarity": [0.3] * len(urls)}
+
+
+def run_download(args: list[str], timeout: float = 150) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    return subprocess.run(["bash", str(DOWNLOAD), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_url_screen_judges_schemes_as_urllib_sees_them():
+    import pyarrow as pa
+
+    from laion_utils.url_guard import screen_urls
+
+    urls = ["http://a/1.jpg", "HTTPS://a/2.jpg", "  https://a/3.jpg", "<URL:http://a/4.jpg>", None, "file:///etc/passwd",
+            "<URL:file:///etc/passwd>", " FILE:///etc/shadow", "ftp://h/x.jpg", "data:image/png;base64,AAAA", "/etc/passwd"]
+    keep, screen = screen_urls(pa.table({"URL": urls}), "URL")
+    assert list(keep) == [True] * 5 + [False] * 6
+    assert (screen.rows, screen.refused, screen.schemes) == (11, 6, {"file": 3, "ftp": 1, "data": 1, "": 1})
+
+
+@pytest.mark.timeout(200)
+def test_file_urls_in_metadata_never_reach_the_shards(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from image_server import ImageServer, make_jpeg
+
+    secret = tmp_path / "private" / "secret.jpg"  # an image, so img2dataset would keep it if it read it
+    secret.parent.mkdir()
+    secret.write_bytes(make_jpeg(48, 40, seed=99))
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    with ImageServer() as srv:
+        urls = [srv.url("good", 1), secret.as_uri(), srv.url("good", 2), f"<URL:{secret.as_uri()}>"]
+        pq.write_table(pa.table(url_rows(urls)), meta / "part_1.parquet")
+        for name, extra in (("default", []), ("allowed", ["--allow_non_http_urls"])):
+            out = tmp_path / name
+            proc = run_download(["1", "--metadata_dir", str(meta), "--output_dir", str(out), *SMALL, *extra])
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            shards = [tarfile.open(p) for p in sorted((out / "part_1").glob("*.tar"))]
+            jpgs = [t.extractfile(m).read() for t in shards for m in t.getmembers() if m.name.endswith(".jpg")]
+            listed = pd_urls(out / "part_1")
+            if name == "default":  # only the http rows were handed over; the refusal is counted and named
+                assert len(jpgs) == 2 and secret.read_bytes() not in jpgs and listed == sorted(urls[0::2])
+                assert f"part 1: {meta / 'part_1.parquet'}: 2 of 4 rows have a URL that is not http(s) (2 file:)" in proc.stderr
+            else:  # the flag hands the file:// rows to img2dataset, which reads the file: what the default prevents
+                assert len(jpgs) == 4 and secret.read_bytes() in jpgs and len(listed) == 4
+
+
+def pd_urls(part_dir: Path) -> list[str]:
+    import pandas as pd
+
+    frames = [pd.read_parquet(p) for p in sorted(part_dir.glob("[0-9]*.parquet"))]
+    return sorted(pd.concat(frames)["url"].tolist()) if frames else []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("distributor", ["multiprocessing", "pyspark"])
+def test_both_distributors_are_handed_only_http_rows(tmp_path, monkeypatch, distributor):
+    """What img2dataset.download receives, for either distributor (the call itself is recorded, not run)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import laion_download_imgs
+    from laion_utils import img2dataset_launch as launch
+
+    for key in [k for k in os.environ if k.startswith("LAION_")]:
+        monkeypatch.delenv(key)
+    handed: list[dict] = []
+    monkeypatch.setattr(launch, "run_img2dataset", lambda kwargs, **_: handed.append(kwargs))
+    urls = ["http://h/1.jpg", "file:///etc/passwd", "https://h/2.jpg", "ftp://h/3.jpg"]
+    pq.write_table(pa.table(url_rows(urls)), tmp_path / "part_1.parquet")
+    (tmp_path / "part_2.txt").write_text("\n".join(["https://h/4.jpg", "file:///etc/hostname", "http://h/5.jpg"]) + "\n")
+    common = ["--metadata_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--distributor", distributor]
+    with pytest.raises(UserError, match="not complete"):  # nothing was downloaded
+        laion_download_imgs.main(["1", *common])
+    with pytest.raises(UserError, match="not complete"):
+        laion_download_imgs.main(["2", *common, "--input_format", "txt"])
+    for kwargs, kept in zip(handed, (urls[0::2], ["https://h/4.jpg", "http://h/5.jpg"]), strict=True):
+        assert kwargs["distributor"] == distributor and kwargs["input_format"] == "parquet"
+        copy = pq.read_table(kwargs["url_list"])
+        assert copy.column(kwargs["url_col"]).to_pylist() == kept
+        assert Path(kwargs["url_list"]).parent == Path(kwargs["output_folder"])
+    assert handed[1]["caption_col"] is None and handed[0]["caption_col"] == "TEXT"
+
+
+def test_metadata_with_no_http_row_is_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(url_rows(["file:///etc/passwd", "gopher://h/x"])), tmp_path / "part_1.parquet")
+    proc = run_download(["1", "--metadata_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")], timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and str(tmp_path / "part_1.parquet") in lines[0]
+    assert "2 of 2 rows have a URL that is not http(s) (1 file:, 1 gopher:)" in lines[0] and "--allow_non_http_urls" in lines[0]
