@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mindone.convert.name_maps import build_rules, normalize_legacy_vae_names, normalize_text_encoder_names
+from mindone.convert.mapped_pages import release_pages
 from mindone.convert.mindspore_ckpt import write_mindspore_checkpoint
 from mindone.convert.safetensors_io import write_safetensors
 from mindone.convert.sources import read_source
@@ -149,8 +150,10 @@ def load_sd_weights(model, path: str | Path, use_ema: bool = False) -> dict[str,
     count = len(ldm)
     for name, param in model.parameters_and_names():
         dtype = ms.dtype_to_nptype(param.dtype)
-        # pop: each source array is released once copied, so peak memory stays near one model copy
-        param.set_data(ms.Tensor(np.ascontiguousarray(ldm.pop(name), dtype=dtype)))
+        # pop, and give back a memory-mapped source's pages: peak memory stays near one model copy
+        array = ldm.pop(name)
+        param.set_data(ms.Tensor(np.ascontiguousarray(array, dtype=dtype)))
+        release_pages(array)
     logger.info("loaded %d tensors from %s (%s layout)", count, path, layout)
     return {"source": str(path), "layout": layout, "loaded": count, "extra": extra}
 

@@ -24,6 +24,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from mindone.convert.mapped_pages import release_pages
 from mindone.convert.safetensors_io import bf16_to_f32
 from mindone.utils.atomic import atomic_path
 from mindone.utils.cli import UserError
@@ -257,3 +258,4 @@ def write_mindspore_checkpoint(path: str | Path, tensors: Mapping[str, np.ndarra
                 value_head = _length_field(1, len(tag)) + tag + _length_field(2, tensor_len)
                 fh.write(_length_field(1, len(value_head) + tensor_len) + value_head + tensor_head)
                 fh.write(chunk)
+            release_pages(array)  # a memory-mapped source's pages, once written

@@ -14,6 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
+from mindone.convert.mapped_pages import release_pages
 from mindone.utils.atomic import atomic_path
 from mindone.utils.cli import UserError
 
@@ -115,3 +116,4 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metad
         for array in arrays:
             if array.size:
                 fh.write(memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B"))
+                release_pages(array)  # a memory-mapped source's pages, once written

@@ -27,6 +27,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor
 
+from mindone.convert.mapped_pages import release_pages
+from mindone.convert.mindspore_ckpt import read_mindspore_checkpoint
 from mindone.utils.cli import UserError
 
 logger = logging.getLogger(__name__)
@@ -85,7 +87,8 @@ def load_parameters(params: NamedParams, path: str | os.PathLike, strict: bool =
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
-    state = ms.load_checkpoint(str(path))
+    # memory-mapped, tensor by tensor: ms.load_checkpoint holds the whole file and refuses one larger than free RAM
+    state = read_mindspore_checkpoint(path)
     missing = [name for name, _ in params if name not in state]
     if missing and strict:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
@@ -93,10 +96,11 @@ def load_parameters(params: NamedParams, path: str | os.PathLike, strict: bool =
     for name, p in params:
         if name not in state:
             continue
-        value = state[name].asnumpy()
+        value = np.asarray(state[name])
         if tuple(value.shape) != tuple(p.shape):
             raise UserError(f"{path}: {name} has shape {tuple(value.shape)}, the model expects {tuple(p.shape)}")
         p.set_data(Tensor(value, p.dtype))
+        release_pages(value)
     names = {name for name, _ in params}
     return {k: v for k, v in state.items() if k not in names}
 
