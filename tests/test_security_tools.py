@@ -174,3 +174,60 @@ def test_stats_cli_and_resume_check_report_the_crafted_shard(tmp_path):
     report = prepare_resume(part, "webdataset")  # the downloader's resume check uses the same scanner
     assert report.invalidated == ["00000"] and not (part / "00000.tar").exists()
 
+
+
+# -- 7. members read whole are capped; compressed shards are never inflated -------------------------------------
+
+
+def webdataset_shard(part: Path, name: str, samples: list[dict[str, bytes]], compress: str = "") -> Path:
+    """``samples`` as a tar (``compress``: "gz"/"xz" to compress it) with its ``_stats.json``."""
+    part.mkdir(parents=True, exist_ok=True)
+    members = [(f"{i:09d}.{ext}", data) for i, sample in enumerate(samples) for ext, data in sample.items()]
+    data = tar_bytes(members)
+    if compress:
+        import gzip
+        import lzma
+
+        data = gzip.compress(data) if compress == "gz" else lzma.compress(data)
+    path = write(part, data, f"{name}.tar")
+    images = sum(1 for sample in samples if "jpg" in sample)
+    (part / f"{name}_stats.json").write_text(json.dumps({"count": len(samples), "successes": images}))
+    return path
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("compress", ["gz", "xz"])
+def test_compressed_shards_are_refused_not_inflated(tmp_path, compress):
+    from collections import Counter
+
+    from laion_utils.shard_filter import ShardFilterError, filter_shard
+    from mindone.data.filters import SampleFilters
+
+    bomb = webdataset_shard(tmp_path / "part_1", "00000", [{"jpg": bytes(8 << 20), "txt": b"zeros"}], compress)
+    assert bomb.stat().st_size < 64 << 10  # 8 MiB of zeros compresses to a few KiB
+    assert not scan_tar(bomb).ok  # the scan reads it as the tar it is not
+    dst = tmp_path / "out" / "00000.tar"
+    with pytest.raises(ShardFilterError, match="not an uncompressed tar"):
+        filter_shard(bomb, dst, SampleFilters(min_aesthetic=1.0), Counter())
+    assert not dst.parent.exists() or not any(dst.parent.iterdir())
+
+
+@pytest.mark.timeout(60)
+def test_filter_caps_the_member_it_reads_whole(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "filtered"
+    meta = json.dumps({"AESTHETIC_SCORE": 6.0}).encode()
+    nested = b"[" * 100_000 + b"]" * 100_000  # deeper than json.loads goes: no metadata, no crash
+    webdataset_shard(data / "part_1", "00000", [{"jpg": bytes(3 << 20), "txt": b"big", "json": meta},
+                                                {"jpg": b"\xff\xd8", "txt": b"small", "json": nested}])  # fmt: skip
+    tool = str(TOOLS / "laion_gen_data_stats.py")
+    flags = [tool, "--data_dir", str(data), "--min_aesthetic", "5", "--filtered_output_dir", str(out)]
+    proc = subprocess.run([sys.executable, *flags, "--max_member_mb", "2"], capture_output=True, text=True, timeout=50)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert lines[-1] == (f"laion_gen_data_stats.py: error: {data / 'part_1' / '00000.tar'}: member '000000000.jpg' is "
+                         f"{3 << 20} bytes, over the 2 MiB cap (--max_member_mb raises it)")
+    assert not (out / "part_1" / "00000.tar").exists()
+    proc = subprocess.run([sys.executable, *flags, "--max_member_mb", "4"], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    # both kept: the big one passes the threshold, the unparsable json counts as no metadata (as a missing one)
+    assert (out / "part_1_stats.csv").read_text().splitlines()[1:] == ["part_1/00000.tar,2"]

@@ -29,7 +29,7 @@ from mindone.utils.cli import UserError, run_main, setup_cli_logging
 
 from laion_utils.annotations import PartStats, remove_stale, select_parts, tar_part_stats, write_csv
 from laion_utils.sample_filters import add_filter_arguments, describe, filters_from_args
-from laion_utils.shard_filter import filter_shard
+from laion_utils.shard_filter import DEFAULT_MAX_MEMBER_BYTES, ShardFilterError, filter_shard
 
 logger = logging.getLogger("laion_gen_data_stats")
 HEADER = ("file_path", "num_samples")
@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--all_stats", action="store_true", help="also write all_stats.csv covering every part")
     parser.add_argument("--workers", type=int, default=8, help="shards checked at once (I/O-bound on cold or network disks)")
     parser.add_argument("--filtered_output_dir", help="with filters: write the passing samples as new shards here")
+    parser.add_argument("--max_member_mb", type=int, default=DEFAULT_MAX_MEMBER_BYTES >> 20,
+                        help="with filters: refuse a shard holding a member larger than this (each member is read whole)")
     add_filter_arguments(parser)
     return parser
 
@@ -63,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     filters = filters_from_args(args)
     if filters.active and not args.filtered_output_dir:
         raise UserError("post-download filters need --filtered_output_dir (or give them to the training loader instead)")
+    if args.max_member_mb < 1:
+        raise UserError(f"--max_member_mb must be at least 1, got {args.max_member_mb}")
     out_dir = Path(args.filtered_output_dir) if args.filtered_output_dir else None
     if out_dir is not None and out_dir.resolve() == data_dir.resolve():
         raise UserError("--filtered_output_dir must differ from --data_dir")
@@ -90,7 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         all_rows[data_dir] += stats.rows
         if out_dir is not None:
             for rel, _ in tqdm(stats.rows, desc=f"filter part_{part_id}", unit="shard", leave=False):
-                filter_shard(data_dir / rel, out_dir / rel, filters, reasons)
+                try:
+                    filter_shard(data_dir / rel, out_dir / rel, filters, reasons, max_member_bytes=args.max_member_mb << 20)
+                except ShardFilterError as err:
+                    raise UserError(str(err)) from None
             out_part = out_dir / f"part_{part_id}"
             # only the copies of this scan's shards: a copy left from an earlier run must not be listed
             names = [Path(rel).name[: -len(".tar")] for rel, _ in stats.rows]

@@ -5,6 +5,10 @@ csv, so a filtered count for an unfiltered tar would be wrong. Filtering at stat
 new tars that hold only the passing samples (read sequentially, written atomically, ``_stats.json`` last
 as img2dataset does); their stats csv is then exact and the loader needs no filters. The alternative is
 to keep the tars and pass the same thresholds to the loader (``build_dataset(filters=...)``).
+
+A shard is data: it is opened as an uncompressed tar only (no gzip/xz/bz2 bomb is inflated), and every
+member is read whole only up to ``max_member_bytes`` (``--max_member_mb``); past that the shard is
+refused with :class:`ShardFilterError` before its bytes are read.
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ from laion_utils.tar_stats import split_key_ext
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MAX_MEMBER_BYTES = 64 << 20  # an image img2dataset resized is well under this
+
+
+class ShardFilterError(ValueError):
+    """A shard that cannot be filtered safely (compressed, unreadable, or a member over the size cap)."""
+
 
 def _group_passes(group: list[tuple[tarfile.TarInfo, bytes]], filters: SampleFilters, reasons: Counter) -> bool:
     meta: dict = {}
@@ -32,7 +42,7 @@ def _group_passes(group: list[tuple[tarfile.TarInfo, bytes]], filters: SampleFil
         if parts and parts[1] == "json":
             try:
                 loaded = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # not json, or nested deeper than the parser goes
                 loaded = {}
             meta = loaded if isinstance(loaded, dict) else {}
     reason = filters.check(meta, {})
@@ -42,11 +52,22 @@ def _group_passes(group: list[tuple[tarfile.TarInfo, bytes]], filters: SampleFil
     return True
 
 
-def filter_shard(src: Path, dst: Path, filters: SampleFilters, reasons: Counter) -> tuple[int, int]:
-    """Copy the sample groups of ``src`` whose json passes ``filters`` to ``dst``; returns (kept, total)."""
+def _open_plain_tar(src: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(src, "r:")  # "r:" never decompresses, unlike tarfile's default "r:*"
+    except tarfile.ReadError as err:
+        raise ShardFilterError(f"{src}: not an uncompressed tar ({err})") from None
+
+
+def filter_shard(src: Path, dst: Path, filters: SampleFilters, reasons: Counter,
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> tuple[int, int]:  # fmt: skip
+    """Copy the sample groups of ``src`` whose json passes ``filters`` to ``dst``; returns (kept, total).
+
+    Raises :class:`ShardFilterError` (and writes nothing) for a compressed tar or a member over ``max_member_bytes``.
+    """
     start = time.time()
     kept = total = 0
-    with tarfile.open(src) as tar_in, atomic_path(dst) as tmp:
+    with _open_plain_tar(src) as tar_in, atomic_path(dst) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar_out:
             group: list[tuple[tarfile.TarInfo, bytes]] = []
             key = None
@@ -64,6 +85,9 @@ def filter_shard(src: Path, dst: Path, filters: SampleFilters, reasons: Counter)
             for member in tar_in:
                 if not member.isfile():
                     continue
+                if member.size > max_member_bytes:
+                    raise ShardFilterError(f"{src}: member {member.name!r} is {member.size} bytes, over the "
+                                           f"{max_member_bytes >> 20} MiB cap (--max_member_mb raises it)")
                 parts = split_key_ext(member.name)
                 member_key = parts[0] if parts else member.name
                 if member_key != key:
