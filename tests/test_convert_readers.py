@@ -215,3 +215,101 @@ def test_storage_record_of_partial_elements_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"cut\.ckpt: .*storage record data/0: 7 bytes, not a whole number of "
                                         r"FloatStorage elements"):
         read_torch_checkpoint(tmp_path / "cut.ckpt")
+
+
+def _peak_kb() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+@pytest.mark.timeout(60)
+def test_a_tiny_file_claiming_a_huge_tensor_allocates_nothing(tmp_path):
+    """Stride 0 lets a 4-byte storage describe a (16000, 16000) tensor: 1 GB once copied. Refused."""
+    write_torch_style_zip(tmp_path / "bomb.ckpt", {"w": _Tensor("0", 1, 0, (16000, 16000), (0, 0))},
+                          {"0": np.zeros(1)})
+    assert (tmp_path / "bomb.ckpt").stat().st_size < 1000
+    before = _peak_kb()
+    message = (r"bomb\.ckpt: cannot read torch checkpoint \(tensor on storage record data/0: size \(16000, 16000\) "
+               r"has 256000000 elements, more than its storage holds \(1\)")
+    with pytest.raises(UserError, match=message) as err:
+        read_torch_checkpoint(tmp_path / "bomb.ckpt")
+    assert "\n" not in str(err.value)
+    from mindone.convert.sources import read_source
+
+    with pytest.raises(UserError, match=message):  # with torch installed: torch.load's view is checked too
+        read_source(tmp_path / "bomb.ckpt")
+    assert _peak_kb() - before < 100_000  # kB
+
+
+def _deflated_zip(path, storage: bytes) -> None:
+    """A torch-layout zip whose storage record is deflate-compressed (torch never does this)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    _TorchStylePickler(buffer, protocol=2).dump({"w": _Tensor("0", len(storage) // 4, 0, (len(storage) // 4,), (1,))})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/data/0", storage, compress_type=zipfile.ZIP_DEFLATED)
+
+
+@pytest.mark.timeout(60)
+def test_zip_bomb_storage_is_refused_before_inflating(tmp_path, monkeypatch):
+    _deflated_zip(tmp_path / "zbomb.ckpt", bytes(64 << 20))  # 64 MB of zeros in ~64 KB
+    assert (tmp_path / "zbomb.ckpt").stat().st_size < 200_000
+    monkeypatch.setenv("MINDONE_MAX_INFLATED_BYTES", str(8 << 20))
+    before = _peak_kb()
+    message = (r"zbomb\.ckpt: compressed zip record archive/data/0 would inflate the records to 67108864 bytes, "
+               r"above the limit of 8388608 .*set MINDONE_MAX_INFLATED_BYTES")
+    with pytest.raises(UserError, match=message):
+        read_torch_checkpoint(tmp_path / "zbomb.ckpt")
+    from mindone.convert.sources import read_source
+
+    with pytest.raises(UserError, match=message):  # torch would inflate it too: checked before torch.load
+        read_source(tmp_path / "zbomb.ckpt")
+    assert _peak_kb() - before < 30_000  # kB: the 64 MB were never inflated
+    monkeypatch.setenv("MINDONE_MAX_INFLATED_BYTES", str(100 << 20))  # the limit is the user's to raise
+    assert read_torch_checkpoint(tmp_path / "zbomb.ckpt")["w"].shape == (16 << 20,)
+
+
+def test_stored_records_are_memory_mapped_not_copied(tmp_path):
+    base = np.arange(1 << 20, dtype=np.float32)
+    write_torch_style_zip(tmp_path / "m.ckpt", {"w": _Tensor("0", 1 << 20, 0, (1024, 1024), (1024, 1))}, {"0": base})
+    w = read_torch_checkpoint(tmp_path / "m.ckpt")["w"]
+    assert np.array_equal(w, base.reshape(1024, 1024)) and not w.flags.owndata and not w.flags.writeable
+    from mindone.convert.mapped_pages import _mapping_of
+
+    assert _mapping_of(w) is not None
+
+
+def _safetensors_bytes(header: dict, data: bytes) -> bytes:
+    import json
+    import struct
+
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded + data
+
+
+@pytest.mark.parametrize("header, data_len, problem", [
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 1 << 40]}}, 16, r"lie outside the data section"),
+    ({"w": {"dtype": "F32", "shape": [16000, 16000], "data_offsets": [0, 16]}}, 16,
+     r"shape \(16000, 16000\) of F32 needs 1024000000 bytes, data_offsets give 16"),
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [12, 8]}}, 16, r"lie outside the data section"),
+    ({"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}, 16, "not a list of non-negative integers"),
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0]}}, 16, "are not two non-negative integers"),
+    ({"w": {"dtype": "C64", "shape": [2], "data_offsets": [0, 16]}}, 16, "unsupported dtype 'C64'"),
+    ({"w": [1, 2]}, 16, "header entry is a list"),
+])
+def test_safetensors_headers_that_do_not_fit_the_file_are_refused(tmp_path, header, data_len, problem):
+    (tmp_path / "bad.safetensors").write_bytes(_safetensors_bytes(header, bytes(data_len)))
+    with pytest.raises(UserError, match=rf"bad\.safetensors: not a readable safetensors file \(tensor w: .*{problem}"):
+        read_safetensors(tmp_path / "bad.safetensors")
+
+
+def test_safetensors_header_length_beyond_the_file_is_refused(tmp_path):
+    import struct
+
+    (tmp_path / "cut.safetensors").write_bytes(struct.pack("<Q", 1 << 20) + b'{"w": {}}')
+    with pytest.raises(UserError, match=r"cut\.safetensors: .*header length 1048576 exceeds the file \(17 bytes\)"):
+        read_safetensors(tmp_path / "cut.safetensors")
