@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from laion_utils.shard_state import prepare_resume
+from mindone.utils.cli import UserError
 from laion_utils.tar_stats import MAX_EXTENDED_HEADER, TarFormatError, iter_tar_members, scan_tar
 
 REPO = Path(__file__).resolve().parent.parent
@@ -231,3 +232,154 @@ def test_filter_caps_the_member_it_reads_whole(tmp_path):
     assert proc.returncode == 0, proc.stderr
     # both kept: the big one passes the threshold, the unparsable json counts as no metadata (as a missing one)
     assert (out / "part_1_stats.csv").read_text().splitlines()[1:] == ["part_1/00000.tar,2"]
+
+
+# -- 2. links and member names never lead a tool out of the folder it was given ----------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_filtered_copy_drops_links_and_names_that_climb_out(tmp_path):
+    from collections import Counter
+
+    from laion_utils.shard_filter import filter_shard
+    from mindone.data.filters import SampleFilters
+
+    src = tmp_path / "00000.tar"
+    with tarfile.open(src, "w") as tar:
+        for name, data in SAMPLE[:2] + [("../../evil.jpg", b"x"), ("/etc/evil.txt", b"y"), ("a/../../up.txt", b"z")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("000000002.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    dst = tmp_path / "out" / "00000.tar"
+    assert filter_shard(src, dst, SampleFilters(min_aesthetic=1.0), Counter()) == (1, 1)
+    with tarfile.open(dst) as tar:
+        assert tar.getnames() == ["000000000.jpg", "000000000.txt"]
+
+
+def make_image_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """An image folder whose links lead outside it to a private image, caption and folder; plus a FIFO caption."""
+    import os
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from image_server import make_jpeg
+
+    private, images = tmp_path / "private", tmp_path / "images"
+    (private / "album").mkdir(parents=True)
+    images.mkdir()
+    (private / "secret.jpg").write_bytes(make_jpeg(24, 20, seed=7))
+    (private / "secret.txt").write_text("PRIVATE CAPTION")
+    (private / "album" / "d.jpg").write_bytes(make_jpeg(24, 20, seed=8))
+    (private / "album" / "d.txt").write_text("PRIVATE ALBUM")
+    for name in ("a", "c", "e"):
+        (images / f"{name}.jpg").write_bytes(make_jpeg(24, 20, seed=ord(name)))
+    (images / "a.txt").write_text("a cat")
+    (images / "b.jpg").symlink_to(private / "secret.jpg")
+    (images / "b.txt").write_text("a harmless caption")
+    (images / "c.txt").symlink_to(private / "secret.txt")
+    (images / "album").symlink_to(private / "album", target_is_directory=True)
+    os.mkfifo(images / "e.txt")  # opening it would block forever
+    (images / "f.jpg").symlink_to(images / "a.jpg")  # a link that stays inside is fine
+    (images / "f.txt").write_text("a linked cat")
+    return images, private
+
+
+@pytest.mark.timeout(60)
+def test_own_images_never_follow_links_out_of_the_image_folder(tmp_path, caplog):
+    import make_dataset_from_images
+
+    caplog.set_level("INFO")
+    images, private = make_image_folder(tmp_path)
+    secrets = [(private / "secret.jpg").read_bytes(), (private / "album" / "d.jpg").read_bytes(), b"PRIVATE"]
+    for name, extra in (("default", []), ("allowed", ["--allow_outside_image_dir"])):
+        out = tmp_path / name
+        caplog.clear()
+        make_dataset_from_images.main(["--image_dir", str(images), "--output_dir", str(out), *extra])
+        with tarfile.open(out / "part_1" / "00000.tar") as tar:
+            blobs = [tar.extractfile(m).read() for m in tar.getmembers()]
+        leaked = [s for s in secrets if any(s in blob for blob in blobs)]
+        if name == "default":
+            assert leaked == [] and len(blobs) == 2 * 3  # a and f (jpg, txt, json each)
+            assert "'symlink leading out of --image_dir': 2" in caplog.text and "'no caption file': 1" in caplog.text
+        else:  # the flag reads what the links point at (the folder link is still not searched)
+            assert leaked == secrets[:1] + secrets[2:] and len(blobs) == 4 * 3
+
+
+@pytest.mark.timeout(30)
+def test_caption_table_that_leads_out_is_one_line(tmp_path):
+    import make_dataset_from_images
+
+    images, private = make_image_folder(tmp_path)
+    (private / "metadata.jsonl").write_text(json.dumps({"file_name": "a.jpg", "text": "x"}) + "\n")
+    (images / "metadata.jsonl").symlink_to(private / "metadata.jsonl")
+    with pytest.raises(UserError, match=r"metadata.jsonl is a symlink leading out of --image_dir"):
+        make_dataset_from_images.main(["--image_dir", str(images), "--output_dir", str(tmp_path / "out")])
+
+
+# -- 8. the stats and files csvs list only relative paths inside the data folder ---------------------------------
+
+
+def csv_rows(path: Path) -> list[list[str]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))[1:]
+
+
+def assert_inside(data: Path, relative_paths: list[str]) -> None:
+    import os
+
+    for rel in relative_paths:
+        assert not os.path.isabs(rel) and ".." not in rel.split("/"), rel
+        assert os.path.realpath(data / rel).startswith(os.path.realpath(data) + os.sep), rel
+
+
+@pytest.mark.timeout(60)
+def test_csv_writers_list_nothing_a_link_leads_out_to(tmp_path):
+    import os
+
+    import laion_gen_csv_annot
+    import laion_gen_data_stats
+
+    data, private = tmp_path / "data", tmp_path / "private"
+    webdataset_shard(data / "part_1", "00000", [{"jpg": b"\xff\xd8", "txt": b"in"}])
+    outside_tar = webdataset_shard(private, "00009", [{"jpg": b"\xff\xd8", "txt": b"out"}])
+    (data / "part_1" / "00001.tar").symlink_to(outside_tar)
+    (data / "part_1" / "00001_stats.json").write_text(json.dumps({"count": 1, "successes": 1}))
+    shard = data / "part_2" / "00000"
+    shard.mkdir(parents=True)
+    (private / "caption.txt").write_text("PRIVATE CAPTION")
+    (private / "photo.jpg").write_bytes(b"\xff\xd8 private")
+    for key in ("0", "1", "2", "3"):
+        (shard / f"{key}.jpg").write_bytes(b"\xff\xd8")
+    (shard / "2.jpg").unlink()
+    (shard / "2.jpg").symlink_to(private / "photo.jpg")
+    (shard / "0.txt").write_text("inside")
+    (shard / "1.txt").symlink_to(private / "caption.txt")
+    (shard / "2.txt").write_text("inside too")
+    os.mkfifo(shard / "3.txt")  # never opened: reading it would block
+    (data / "part_2" / "00000_stats.json").write_text(json.dumps({"count": 4, "successes": 4}))
+    for extra in ([], ["--allow_outside_data_dir"]):
+        laion_gen_data_stats.main(["--data_dir", str(data), "--parts", "1", *extra])
+        laion_gen_csv_annot.main(["--data_dir", str(data), "--parts", "2", *extra])
+        tars, files = csv_rows(data / "part_1_stats.csv"), csv_rows(data / "part_2.csv")
+        if not extra:
+            assert tars == [["part_1/00000.tar", "1"]] and files == [["part_2/00000/0.jpg", "inside"]]
+            assert_inside(data, [row[0] for row in tars + files])
+        else:  # what the flag lets through (and the default kept out)
+            assert [row[0] for row in tars] == ["part_1/00000.tar", "part_1/00001.tar"]
+            assert sorted(text for _, text in files) == ["PRIVATE CAPTION", "inside", "inside too"]
+
+
+@pytest.mark.timeout(60)
+def test_stats_cli_names_the_shard_a_link_leads_out_of(tmp_path):
+    data = tmp_path / "data"
+    webdataset_shard(data / "part_1", "00000", [{"jpg": b"\xff\xd8", "txt": b"in"}])
+    (data / "part_1" / "00001.tar").symlink_to(webdataset_shard(tmp_path / "else", "00001", [{"jpg": b"\xff\xd8", "txt": b"x"}]))
+    (data / "part_1" / "00001_stats.json").write_text(json.dumps({"count": 1, "successes": 1}))
+    proc = subprocess.run([sys.executable, str(TOOLS / "laion_gen_data_stats.py"), "--data_dir", str(data), "--strict"],
+                          capture_output=True, text=True, timeout=50)  # fmt: skip
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "part_1/00001.tar: a symlink leading out of" in last and "Traceback" not in proc.stderr

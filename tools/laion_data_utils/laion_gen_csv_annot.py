@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true",
                         help="exit with an error if any shard has to be left out; such a part gets no csv "
                         "(its existing part_<id>.csv is removed, never kept stale)")
+    parser.add_argument("--allow_outside_data_dir", action="store_true",
+                        help="also list shards/images that are symlinks leading out of --data_dir (default: left out unread, reported)")
     add_filter_arguments(parser)
     return parser
 
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     withheld: list[str] = []  # --strict: parts left without a csv
     removed: list[str] = []  # stale csvs deleted for them
     for part_id, part_dir in tqdm(parts, desc="parts", unit="part"):
-        annot = files_part_annotations(data_dir, part_dir, sample_filter)
+        annot = files_part_annotations(data_dir, part_dir, sample_filter, allow_outside=args.allow_outside_data_dir)
         for line in annot.problems:
             logger.warning(line)
         problems += annot.problems

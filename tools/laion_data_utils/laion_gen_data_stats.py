@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--filtered_output_dir", help="with filters: write the passing samples as new shards here")
     parser.add_argument("--max_member_mb", type=int, default=DEFAULT_MAX_MEMBER_BYTES >> 20,
                         help="with filters: refuse a shard holding a member larger than this (each member is read whole)")
+    parser.add_argument("--allow_outside_data_dir", action="store_true",
+                        help="also list shards/images that are symlinks leading out of --data_dir (default: left out unread, reported)")
     add_filter_arguments(parser)
     return parser
 
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     withheld: list[str] = []  # --strict: parts left without a csv
     removed: list[str] = []  # stale csvs deleted for them
     for part_id, part_dir in tqdm(parts, desc="parts", unit="part"):
-        stats = tar_part_stats(data_dir, part_dir, args.workers)
+        stats = tar_part_stats(data_dir, part_dir, args.workers, allow_outside=args.allow_outside_data_dir)
         for line in stats.problems:
             logger.warning(line)
         problems += stats.problems

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples_per_shard", type=int, default=10000, help="images per tar / folder (default: 10000)")
     parser.add_argument("--image_size", type=int, default=None,
                         help="shrink images whose smaller side exceeds this (re-encoded as jpg); default keeps the original bytes")
+    parser.add_argument("--allow_outside_image_dir", action="store_true",
+                        help="read images and captions that are symlinks leading out of --image_dir "
+                        "(default: skipped and counted)")
     return parser
 
 
@@ -59,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.samples_per_shard < 1:
         raise UserError(f"--samples_per_shard must be at least 1, got {args.samples_per_shard}")
     image_dir, out = Path(args.image_dir), Path(args.output_dir)
-    collected = collect_samples(image_dir)
+    collected = collect_samples(image_dir, allow_outside=args.allow_outside_image_dir)
     if not collected.samples:
         raise UserError(f"--image_dir {image_dir}: no captioned image found (skipped: {merge_counts(collected.skipped) or 'none'})")
     part_dir = out / f"part_{args.part_id}"

@@ -6,6 +6,10 @@ Layout (paths in the csv are relative to the data folder ``D``)::
     D/part_1/00000/000000000.jpg + .txt, ...    ->  D/part_1.csv         dir,text
 
 Only shards img2dataset finished (``_stats.json`` present) and whose content agrees with it are listed.
+
+A downloaded folder is data: every path written to a csv is relative and lies inside ``D`` once symlinks
+are resolved. A shard, image or caption reached through a link leading out of ``D`` is left out and
+reported (``allow_outside=True``, the CLIs' ``--allow_outside_data_dir``, lists it anyway).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from mindone.data.filters import SampleFilters
+from mindone.data.locations import inside_root
 from mindone.utils.atomic import atomic_open
 from mindone.utils.cli import UserError
 
@@ -91,25 +96,36 @@ class PartStats:
         return sum(n for _, n in self.rows)
 
 
-def tar_part_stats(data_dir: Path, part_dir: Path, workers: int = 8, only: Iterable[str] | None = None) -> PartStats:
+def _outside(path: Path, data_dir: Path, allow_outside: bool) -> bool:
+    """True when ``path`` leads out of ``data_dir`` through a symlink (and that is not allowed)."""
+    return not allow_outside and not inside_root(str(path), str(data_dir))
+
+
+def tar_part_stats(data_dir: Path, part_dir: Path, workers: int = 8, only: Iterable[str] | None = None,
+                   allow_outside: bool = False) -> PartStats:  # fmt: skip
     """Count the complete samples of every finished tar shard in ``part_dir`` (headers only).
 
     A shard is left out, with a line in ``problems``, when its ``_stats.json`` is missing (unfinished), its
     tar is truncated or unreadable, or the images it holds differ from the ``successes`` it reports.
     Shards are checked by ``workers`` threads: on a cold or network disk the small header reads wait on
     I/O (outside the GIL), so several shards in flight keep the device busy. ``only``: shard names
-    (``00000``) to consider, the others in the folder are ignored.
+    (``00000``) to consider, the others in the folder are ignored. A tar that is a link leading out of
+    ``data_dir`` (or lies in a part folder that is) is left out unread unless ``allow_outside``.
     """
     result = PartStats()
     names = sorted(m.group(1) for m in map(_SHARD_TAR.match, os.listdir(part_dir)) if m)
     if only is not None:
         keep = set(only)
         names = [n for n in names if n in keep]
+    outside = {n for n in names if _outside(part_dir / f"{n}.tar", data_dir, allow_outside)}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        checks = pool.map(lambda name: check_shard(part_dir, name, "webdataset"), names)
+        checks = pool.map(lambda name: None if name in outside else check_shard(part_dir, name, "webdataset"), names)
         for name, check in zip(names, checks, strict=True):
             rel = f"{part_dir.relative_to(data_dir).as_posix()}/{name}.tar"
-            if read_stats_json(part_dir / f"{name}_stats.json") is None:
+            if check is None:
+                result.problems.append(f"{rel}: a symlink leading out of {data_dir}, left out unread "
+                                       "(--allow_outside_data_dir lists it)")
+            elif read_stats_json(part_dir / f"{name}_stats.json") is None:
                 result.problems.append(f"{rel}: no readable {name}_stats.json (shard unfinished), left out")
             elif not check.ok:
                 result.problems.append(f"{rel}: {check.error}, left out")
@@ -127,11 +143,13 @@ class PartAnnotations:
     problems: list[str] = field(default_factory=list)  # shards left out
 
 
-def files_part_annotations(data_dir: Path, part_dir: Path, sample_filter: SampleFilters | None = None) -> PartAnnotations:
+def files_part_annotations(data_dir: Path, part_dir: Path, sample_filter: SampleFilters | None = None,
+                           allow_outside: bool = False) -> PartAnnotations:  # fmt: skip
     """Image/caption rows of every finished shard folder in ``part_dir``.
 
     A sample without an image or a caption file, or with an empty caption, is skipped and counted by
-    reason; it never gets a made-up caption.
+    reason; it never gets a made-up caption. One whose image, caption or json is a link leading out of
+    ``data_dir`` is skipped unread and counted, unless ``allow_outside``.
     """
     import json
 
@@ -146,16 +164,22 @@ def files_part_annotations(data_dir: Path, part_dir: Path, sample_filter: Sample
         pairs, missing_caption, missing_image = scan_files_shard(check.data_path)
         result.skipped["no caption file"] += missing_caption
         result.skipped["no image file"] += missing_image
+        folder_inside = not _outside(check.data_path, data_dir, allow_outside)
         for image, caption_file in pairs:
+            meta_path = check.data_path / (image.split(".", 1)[0] + ".json")
+            files = (check.data_path / image, check.data_path / caption_file, meta_path)
+            # inside a folder that is inside D only a symlink can lead out: one lstat per file, not a realpath
+            if not folder_inside or any(os.path.islink(p) and _outside(p, data_dir, allow_outside) for p in files):
+                result.skipped["link leading out of the data folder"] += 1
+                continue
             text = (check.data_path / caption_file).read_text(encoding="utf-8", errors="replace").strip()
             if not text:
                 result.skipped["empty caption"] += 1
                 continue
             if sample_filter is not None and sample_filter.active:
-                meta_path = check.data_path / (image.split(".", 1)[0] + ".json")
                 try:
                     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
+                except (OSError, ValueError, RecursionError):
                     meta = {}
                 if not passes(sample_filter, meta if isinstance(meta, dict) else {}):
                     result.skipped["filtered out"] += 1

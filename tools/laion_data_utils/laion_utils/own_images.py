@@ -6,6 +6,10 @@ Hugging Face imagefolder convention; ``caption`` is accepted for ``text``), ``me
 ``<out>/part_<id>/00000.tar`` (webdataset) or ``<out>/part_<id>/00000/`` (files), each with its
 ``00000_stats.json`` written last, exactly like img2dataset, so the same stats / csv tools and the same
 training loader apply.
+
+Only what lies inside the image folder is read: an image, caption or caption table that is a symlink
+leading out of it is skipped and counted (``allow_outside=True``, ``--allow_outside_image_dir``, reads
+it); folders reached through a symlink are not searched; FIFOs and devices are never opened.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from mindone.data.locations import inside_root
 from mindone.utils.atomic import TMP_SUFFIX, atomic_path, atomic_write_text
 from mindone.utils.cli import UserError
 
@@ -44,9 +49,22 @@ class CollectReport:
     skipped: Counter = field(default_factory=Counter)
 
 
-def _caption_table(image_dir: Path) -> dict[str, str] | None:
+def _readable(path: Path, image_dir: Path, allow_outside: bool) -> bool | None:
+    """For a file of a folder walked without following links: True for a regular file that is, or is a
+    symlink to something, inside ``image_dir``; None for a symlink leading out of it; False otherwise."""
+    if not path.is_file():  # follows links; False for a FIFO, a device, a folder, a dangling link
+        return False
+    if allow_outside or not path.is_symlink() or inside_root(str(path), str(image_dir)):
+        return True
+    return None
+
+
+def _caption_table(image_dir: Path, allow_outside: bool = False) -> dict[str, str] | None:
     """``{relative file name: caption}`` from metadata.jsonl / metadata.csv, or None if neither exists."""
     jsonl, table_csv = image_dir / "metadata.jsonl", image_dir / "metadata.csv"
+    for candidate in (jsonl, table_csv):
+        if _readable(candidate, image_dir, allow_outside) is None:
+            raise UserError(f"{candidate} is a symlink leading out of --image_dir (--allow_outside_image_dir reads it)")
     table: dict[str, str] = {}
     if jsonl.is_file():
         for lineno, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), start=1):
@@ -74,13 +92,33 @@ def _caption_table(image_dir: Path) -> dict[str, str] | None:
     return None
 
 
-def collect_samples(image_dir: Path) -> CollectReport:
-    """Every image under ``image_dir`` with its caption, sorted by path; uncaptioned ones skipped and counted."""
+def _image_files(image_dir: Path, allow_outside: bool, skipped: Counter) -> list[Path]:
+    """The image files under ``image_dir``, sorted; folders reached through a symlink are not searched."""
+    found = []
+    for folder, _, names in os.walk(image_dir):  # followlinks=False: a folder link is listed, not entered
+        for name in names:
+            path = Path(folder) / name
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            readable = _readable(path, image_dir, allow_outside)
+            if readable is None:
+                skipped["symlink leading out of --image_dir"] += 1
+            elif readable:
+                found.append(path)
+    return sorted(found)
+
+
+def collect_samples(image_dir: Path, allow_outside: bool = False) -> CollectReport:
+    """Every image under ``image_dir`` with its caption, sorted by path; uncaptioned ones skipped and counted.
+
+    An image or ``.txt`` caption that is a symlink leading out of ``image_dir`` is skipped and counted
+    unless ``allow_outside``.
+    """
     if not image_dir.is_dir():
         raise UserError(f"--image_dir {image_dir} is not a folder")
     report = CollectReport()
-    images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    table = _caption_table(image_dir)
+    images = _image_files(image_dir, allow_outside, report.skipped)
+    table = _caption_table(image_dir, allow_outside)
     for image in images:
         rel = image.relative_to(image_dir).as_posix()
         if table is not None:
@@ -90,8 +128,9 @@ def collect_samples(image_dir: Path) -> CollectReport:
                 continue
         else:
             txt = image.with_suffix(".txt")
-            if not txt.is_file():
-                report.skipped["no caption file"] += 1
+            readable = _readable(txt, image_dir, allow_outside)
+            if not readable:
+                report.skipped["no caption file" if readable is False else "symlink leading out of --image_dir"] += 1
                 continue
             caption = txt.read_text(encoding="utf-8", errors="replace")
         caption = caption.strip()

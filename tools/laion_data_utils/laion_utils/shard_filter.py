@@ -8,7 +8,9 @@ to keep the tars and pass the same thresholds to the loader (``build_dataset(fil
 
 A shard is data: it is opened as an uncompressed tar only (no gzip/xz/bz2 bomb is inflated), and every
 member is read whole only up to ``max_member_bytes`` (``--max_member_mb``); past that the shard is
-refused with :class:`ShardFilterError` before its bytes are read.
+refused with :class:`ShardFilterError` before its bytes are read. Nothing is extracted to disk; only
+regular file members with a relative name free of ``..`` are copied (links, devices and names that an
+extracting tool would write outside its folder are dropped).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import tarfile
 import time
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from mindone.data.filters import SampleFilters
 from mindone.utils.atomic import atomic_path, atomic_write_text
@@ -50,6 +52,12 @@ def _group_passes(group: list[tuple[tarfile.TarInfo, bytes]], filters: SampleFil
         reasons[reason] += 1
         return False
     return True
+
+
+def _copyable(member: tarfile.TarInfo) -> bool:
+    """A regular file whose name stays inside the folder a tar is extracted to."""
+    name = PurePosixPath(member.name.replace("\\", "/"))
+    return member.isfile() and not name.is_absolute() and ".." not in name.parts
 
 
 def _open_plain_tar(src: Path) -> tarfile.TarFile:
@@ -83,7 +91,7 @@ def filter_shard(src: Path, dst: Path, filters: SampleFilters, reasons: Counter,
                         tar_out.addfile(member, io.BytesIO(data))
 
             for member in tar_in:
-                if not member.isfile():
+                if not _copyable(member):
                     continue
                 if member.size > max_member_bytes:
                     raise ShardFilterError(f"{src}: member {member.name!r} is {member.size} bytes, over the "

@@ -68,7 +68,7 @@ def scan_files_shard(folder: Path) -> tuple[list[tuple[str, str]], int, int]:
     by_key: dict[str, dict[str, str]] = {}
     for entry in os.scandir(folder):
         stem, dot, ext = entry.name.partition(".")
-        if dot:
+        if dot and entry.is_file():  # regular files only: reading a FIFO or a device would block or never end
             by_key.setdefault(stem, {})[ext.lower()] = entry.name
     pairs, missing_caption, missing_image = [], 0, 0
     for key in sorted(by_key):
