@@ -122,3 +122,134 @@ def test_metadata_with_no_http_row_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and str(tmp_path / "part_1.parquet") in lines[0]
     assert "2 of 2 rows have a URL that is not http(s) (1 file:, 1 gopher:)" in lines[0] and "--allow_non_http_urls" in lines[0]
+
+
+# -- 3. a metadata server never chooses where a file is written ------------------------------------------------------
+
+
+class _HostileMirror:
+    """Answers every file with a Content-Disposition naming a path outside, or redirects it somewhere odd."""
+
+    def __init__(self, body: bytes) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        mirror = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):  # noqa: N802
+                self.answer(body=False)
+
+            def do_GET(self):  # noqa: N802
+                self.answer(body=True)
+
+            def answer(self, body: bool) -> None:
+                route = self.path.strip("/").split("/", 1)[0]
+                targets = {"ftp": "ftp://127.0.0.1:9/x.parquet", "file": "file:///etc/passwd",
+                           "climb": "/../../../named/../../laion-art.parquet"}  # fmt: skip
+                if route in targets:
+                    self.send_response(302)
+                    self.send_header("Location", targets[route])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Disposition", 'attachment; filename="../../escaped.parquet"')
+                self.send_header("Content-Length", str(len(mirror.body)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(mirror.body)
+
+        self.body = body
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    def __enter__(self) -> str:
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir())
+
+
+@pytest.mark.timeout(60)
+def test_server_answers_never_choose_the_file_name(tmp_path):
+    import laion_download_metadata
+
+    out = tmp_path / "a" / "b" / "out"
+    fast = ["--retries", "0", "--timeout", "5", "--no_progress", "--subset", "laion-art", "--output_dir", str(out)]
+    with _HostileMirror(b"PAR1 parquet bytes") as base:
+        for route in ("named", "climb"):  # Content-Disposition "../../escaped.parquet"; a redirect climbing with ..
+            assert laion_download_metadata.main([*fast, "--base_url", f"{base}/{route}"]) == 0
+            assert files_under(tmp_path) == ["a/b/out/laion-art.parquet"]
+            (out / "laion-art.parquet").unlink()
+        # urllib itself refuses file://; ftp:// it would follow, this tool does not
+        for route, refusal in (("ftp", "redirect to 'ftp://127.0.0.1:9/x.parquet' refused"), ("file", "'file:///etc/passwd' is not allowed")):
+            with pytest.raises(UserError, match=f"HTTP 302 .*{refusal}") as err:
+                laion_download_metadata.main([*fast, "--base_url", f"{base}/{route}"])
+            assert "\n" not in str(err.value) and f"{base}/{route}/laion-art.parquet" in str(err.value)
+            assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("pattern", ["../x{n}.parquet", "/tmp/x{n}.parquet", "sub/x{n}.parquet", ".."])
+def test_file_pattern_that_holds_a_path_is_one_line(tmp_path, pattern):
+    import laion_download_metadata
+
+    with pytest.raises(UserError, match="not a plain file name") as err:
+        laion_download_metadata.main(["--subset", "laion-art", "--output_dir", str(tmp_path / "out"), "--file_pattern", pattern,
+                                      "--base_url", "http://127.0.0.1:9", "--dry_run"])  # fmt: skip
+    assert "--file_pattern: part 1 gives" in str(err.value) and files_under(tmp_path) == []
+
+
+# -- 6. the local servers of the tests and the demo listen on loopback only ------------------------------------------
+
+
+def _outside_address() -> str | None:
+    """An address of this machine that is not loopback (None when it has none)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET: no packet is sent for a UDP connect
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def _answers(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_local_servers_bind_loopback_only(tmp_path):
+    import urllib.parse
+
+    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO / "examples" / "demo"))
+    from image_server import ImageServer, serve_folder
+    from static_server import serve_directory
+
+    outside = _outside_address()
+    with ImageServer() as plain, ImageServer(https=True) as tls, serve_folder(tmp_path) as folder, \
+            serve_directory(tmp_path) as demo:  # fmt: skip
+        for base in (plain.base_url, tls.base_url, folder, demo):
+            url = urllib.parse.urlsplit(base)
+            assert url.hostname == "127.0.0.1" and _answers("127.0.0.1", url.port), base
+            if outside is not None:  # the same port on the machine's network address: nobody there
+                assert not _answers(outside, url.port), (base, outside)
+        assert plain._server.server_address[0] == tls._server.server_address[0] == "127.0.0.1"

@@ -114,9 +114,16 @@ class _RemoteChanged(Exception):
 
 
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
-    """Follow redirects keeping HEAD a HEAD, and never forward the token to another host (e.g. a CDN)."""
+    """Follow redirects keeping HEAD a HEAD, never forward the token to another host (e.g. a CDN), and
+    follow only to http(s): urllib alone would follow a server's redirect to ``ftp://``.
+
+    The destination file name never comes from the server (no Content-Disposition, no redirect target,
+    no listing): it is the subset's file name, fixed before the request.
+    """
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to {newurl[:200]!r} refused (not http(s))", headers, fp)
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None:
             if req.get_method() == "HEAD":

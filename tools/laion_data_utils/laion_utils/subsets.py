@@ -26,10 +26,14 @@ class Subset:
     columns: tuple[str, ...]
 
     def file_name(self, part: int) -> str:
-        """File name of 1-based ``part``."""
+        """File name of 1-based ``part``: one plain name, so the file lands in the output folder itself."""
         if not 1 <= part <= self.num_parts:
             raise UserError(f"--parts: part {part} is out of range for subset {self.name} (1-{self.num_parts})")
-        return self.pattern.format(n=part - 1 + self.first_index)
+        name = self.pattern.format(n=part - 1 + self.first_index)
+        if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+            raise UserError(f"--file_pattern: part {part} gives {name!r}, not a plain file name "
+                            "(it would be written outside --output_dir)")
+        return name
 
 
 SUBSETS: dict[str, Subset] = {
