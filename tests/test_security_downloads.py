@@ -1,6 +1,7 @@
-"""Issue 17, tools side, for the download tools: a metadata row never makes img2dataset read a local file
-(only http(s) URLs are handed over unless --allow_non_http_urls), and a metadata server never chooses
-where a file is written.
+"""Issue 17, tools side, for the download tools and the configs: a metadata row never makes img2dataset
+read a local file (only http(s) URLs are handed over unless --allow_non_http_urls), a metadata server
+never chooses where a file is written, the local servers listen on loopback only, and yaml never builds
+Python objects.
 """
 
 from __future__ import annotations
@@ -253,3 +254,27 @@ def test_local_servers_bind_loopback_only(tmp_path):
             if outside is not None:  # the same port on the machine's network address: nobody there
                 assert not _answers(outside, url.port), (base, outside)
         assert plain._server.server_address[0] == tls._server.server_address[0] == "127.0.0.1"
+
+
+# -- 5. yaml is only ever loaded safely ------------------------------------------------------------------------------
+
+
+def test_no_unsafe_yaml_loading_anywhere():
+    import re
+
+    unsafe = re.compile(r"yaml\.(load|load_all|unsafe_load|full_load|full_load_all)\(|\b(Unsafe|Full)?Loader\b")
+    sources = [p for top in ("tools", "mindone", "examples", "scripts", "benchmarks", "tests") for p in (REPO / top).rglob("*.py")]
+    hits = [f"{p.relative_to(REPO)}:{n}" for p in sources if p.name not in (Path(__file__).name, "test_security_tools.py")
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if unsafe.search(line)]  # fmt: skip
+    assert len(sources) > 50 and hits == []
+
+
+def test_config_yaml_with_python_tags_runs_nothing(tmp_path, monkeypatch):
+    import laion_filter_metadata
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "filter.yaml"
+    config.write_text('data_dir: !!python/object/apply:os.system ["touch PWNED"]\n')
+    with pytest.raises(UserError, match=f"--config {config}: cannot read") as err:
+        laion_filter_metadata.main(["--config", str(config)])
+    assert "\n" not in str(err.value) and not (tmp_path / "PWNED").exists()

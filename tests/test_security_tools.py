@@ -383,3 +383,4 @@ def test_stats_cli_names_the_shard_a_link_leads_out_of(tmp_path):
                           capture_output=True, text=True, timeout=50)  # fmt: skip
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "part_1/00001.tar: a symlink leading out of" in last and "Traceback" not in proc.stderr
+
