@@ -111,9 +111,9 @@ def test_vae_attention_is_reshaped_and_text_qkv_packed(layouts, model_cfg):
 def test_every_reference_tensor_through_files_bit_exact(layouts, ldm, tmp_path):
     """original .safetensors -> MindSpore .ckpt -> original .safetensors keeps all 1214 tensors bit-exact.
 
-    Full-size shapes for tensors up to 1M elements; larger ones keep their leading dimension only
-    (MindSpore keeps a .ckpt as one protobuf message in memory: 2.6 GB here, too much for CI). The full
-    shapes go through the same code in the in-memory tests above and in the tiny CLI test.
+    Full-size shapes for tensors up to 1M elements; larger ones keep their leading dimension only, to
+    keep this fast. The full shapes go through the same code in the in-memory tests above, and full-size
+    files (5.2 GB) through tests/test_convert_fullsize.py (slow).
     """
     pytest.importorskip("mindspore")
     from mindone.convert.convert import save_ldm_safetensors, save_mindspore_checkpoint
