@@ -30,7 +30,7 @@ from mindone.utils.atomic import atomic_open
 from mindone.utils.cli import UserError
 
 from laion_utils.sample_filters import passes
-from laion_utils.shard_state import check_shard, read_stats_json, scan_files_shard
+from laion_utils.shard_state import check_shard, read_small_file, read_stats_json, scan_files_shard
 
 logger = logging.getLogger(__name__)
 
@@ -172,13 +172,17 @@ def files_part_annotations(data_dir: Path, part_dir: Path, sample_filter: Sample
             if not folder_inside or any(os.path.islink(p) and _outside(p, data_dir, allow_outside) for p in files):
                 result.skipped["link leading out of the data folder"] += 1
                 continue
-            text = (check.data_path / caption_file).read_text(encoding="utf-8", errors="replace").strip()
+            caption = read_small_file(check.data_path / caption_file)
+            if caption is None:
+                result.skipped["caption file not a regular file of at most 1 MiB"] += 1
+                continue
+            text = caption.decode("utf-8", errors="replace").strip()
             if not text:
                 result.skipped["empty caption"] += 1
                 continue
             if sample_filter is not None and sample_filter.active:
                 try:
-                    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                    meta = json.loads(read_small_file(meta_path) or b"{}")
                 except (OSError, ValueError, RecursionError):
                     meta = {}
                 if not passes(sample_filter, meta if isinstance(meta, dict) else {}):

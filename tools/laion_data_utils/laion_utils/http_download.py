@@ -105,7 +105,7 @@ def _load_validator(partial: Path) -> RemoteInfo | None:
     try:
         loaded = json.loads(validator_path(partial).read_text(encoding="utf-8"))
         return RemoteInfo(**{k: loaded.get(k) for k in ("size", "etag", "last_modified")})
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
         return None
 
 

@@ -248,7 +248,9 @@ def check_resume_settings(part_dir: Path, kwargs: dict[str, Any], input_rows: in
     if record.is_file():
         try:
             previous = json.loads(record.read_text(encoding="utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):
+            previous = {}
+        if not isinstance(previous, dict):
             previous = {}
         changed = [k for k, v in current.items() if k in previous and previous[k] != v and v is not None]
         if changed:

@@ -72,7 +72,7 @@ def _caption_table(image_dir: Path, allow_outside: bool = False) -> dict[str, st
                 continue
             try:
                 row = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise UserError(f"{jsonl}:{lineno}: not a json object") from None
             if not isinstance(row, dict) or "file_name" not in row:
                 raise UserError(f"{jsonl}:{lineno}: needs a 'file_name' key")

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,12 +42,27 @@ class ShardCheck:
         return self.error is None
 
 
+SMALL_FILE_LIMIT = 1 << 20  # a _stats.json, a caption or a json sidecar is a few hundred bytes
+
+
+def read_small_file(path: Path, limit: int = SMALL_FILE_LIMIT) -> bytes | None:
+    """The bytes of a small regular file; None when it is larger than ``limit`` (not read whole) or is not
+    a regular file (a FIFO is opened without blocking and never read). OSError when it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = fh.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
 def read_stats_json(path: Path) -> dict | None:
-    """The parsed ``_stats.json``, or None when it is missing, unreadable or lacks ``successes``."""
+    """The parsed ``_stats.json``, or None when it is missing, unreadable, not a small regular file, or
+    lacks ``successes``."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            stats = json.load(fh)
-    except (OSError, ValueError):
+        data = read_small_file(path)
+        stats = json.loads(data) if data is not None else None
+    except (OSError, ValueError, RecursionError):  # RecursionError: json nested deeper than the parser goes
         return None
     if not isinstance(stats, dict) or not isinstance(stats.get("successes"), int):
         return None
