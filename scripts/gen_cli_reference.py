@@ -33,6 +33,8 @@ TOOLS = [
     ("python tools/laion_data_utils/make_dataset_from_images.py",
      "tools/laion_data_utils/make_dataset_from_images.py", "build_parser"),
     ("python tools/model_conversion/convert_weights.py", "tools/model_conversion/convert_weights.py", "build_parser"),
+    ("python examples/stable_diffusion_v2/encode_latents.py", "examples/stable_diffusion_v2/encode_latents.py",
+     "build_parser"),
     ("python examples/stable_diffusion_v2/train_text_to_image.py", None, "train"),
     ("python examples/stable_diffusion_v2/text_to_image.py", "examples/stable_diffusion_v2/text_to_image.py",
      "build_parser"),

@@ -50,6 +50,9 @@ def check_args(args) -> None:
         raise UserError(f"--max_member_mb {args.max_member_mb}: must be positive")
     if args.learning_rate <= 0:
         raise UserError(f"--learning_rate {args.learning_rate}: must be positive")
+    if args.dataset_type == "latents" and (args.train_target == "vae" or args.random_flip):
+        raise UserError("--dataset_type latents: cached latents train the UNet on fixed, unflipped crops: "
+                        "drop --train_target vae / --random_flip, or train on the images")
     if args.train_target == "vae" and (args.use_lora or args.train_text_encoder):
         raise UserError("--train_target vae trains the autoencoder alone: drop --use_lora / --train_text_encoder")
     if args.use_lora and args.train_text_encoder:
@@ -96,6 +99,10 @@ def data_options(args) -> dict:
                    uneven=args.uneven_policy, filters=filters, shuffle_buffer=args.shuffle_buffer)
     if args.shard_root:
         options["shard_root"] = args.shard_root
+    if args.dataset_type == "latents":
+        from mindone.data.latents import LatentInfo
+
+        options["latent_shape"] = LatentInfo.of_data_path(args.data_path).channels_hw
     options["allow_outside_data_root"] = args.allow_outside_data_root
     options["max_member_bytes"] = int(args.max_member_mb * (1 << 20))
     return options
@@ -166,7 +173,7 @@ def init_posterior_logvar(vae, value: float) -> None:
 GRAPH_OPTIONS = ("model_config", "resolution", "train_batch_size", "gradient_accumulation_steps", "mixed_precision",
                  "prediction_type", "snr_gamma", "max_grad_norm", "use_ema", "train_text_encoder", "use_lora",
                  "lora_rank", "lora_alpha", "lora_text_encoder", "train_target", "mode", "device_target",
-                 "distributed")
+                 "distributed", "dataset_type")
 
 
 def graph_fingerprint(args) -> str:
@@ -208,6 +215,10 @@ def train(args, dev) -> None:
     model_cfg = load_model_config(args.model_config)
     shape = latent_shape(model_cfg, args.resolution)
     tokenizer = SDTokenizer(args.vocab_path)
+    if args.dataset_type == "latents":
+        from mindone.data.latents import LatentInfo
+
+        LatentInfo.of_data_path(args.data_path).check(resolution=args.resolution, latent_shape=shape)
 
     # Data: the per-rank epoch length fixes the step count and maps a global step to a data position.
     _, steps_per_epoch = build_dataset(args.dataset_type, args.data_path, tokenizer, rank=dev.rank,
@@ -231,7 +242,8 @@ def train(args, dev) -> None:
     else:
         # Gradients must reach the text tower when it is trained, in full or through its LoRA adapters.
         text_grads = args.train_text_encoder or (args.use_lora and args.lora_text_encoder)
-        loss_cell = DiffusionLoss(model, NoiseSchedule(), model.parameterization, args.snr_gamma, text_grads)
+        loss_cell = DiffusionLoss(model, NoiseSchedule(), model.parameterization, args.snr_gamma, text_grads,
+                                  from_moments=args.dataset_type == "latents")
     step_fn = TrainStep(loss_cell, optimizer, scaler, accum, args.max_grad_norm, ema)
     state = list(model.parameters_and_names()) + named(step_fn.state_parameters())
 

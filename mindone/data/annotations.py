@@ -41,8 +41,8 @@ def resolve_annotation_files(
     parts: Iterable[int] | None = None,
 ) -> list[Path]:
     """The annotation csv files selected by ``data_path`` (and ``parts``), in part order."""
-    if dataset_type not in ("files", "webdataset"):
-        raise UserError(f"dataset_type: expected 'files' or 'webdataset', got {dataset_type!r}")
+    if dataset_type not in ("files", "webdataset", "latents"):
+        raise UserError(f"dataset_type: expected 'files', 'webdataset' or 'latents', got {dataset_type!r}")
     pattern = _FILES_CSV if dataset_type == "files" else _STATS_CSV
     kind = "part_<N>.csv" if dataset_type == "files" else "part_<N>_stats.csv"
     if isinstance(data_path, (str, os.PathLike)):

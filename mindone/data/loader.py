@@ -48,6 +48,7 @@ def build_sample_stream(
     shard_root: str | None = None,
     allow_outside_data_root: bool = False,
     max_member_bytes: int = MAX_MEMBER_BYTES,
+    latent_shape: tuple[int, int, int] | None = None,
     start_method: str = "fork",
 ) -> SampleStream:
     """The rank's per-sample stream (dicts with ``key``, ``image``, ``token_ids``); arguments as
@@ -64,6 +65,9 @@ def build_sample_stream(
         raise UserError(f"num_workers: expected >= 0, got {num_workers}")
     sample_filters = SampleFilters.from_config(filters)
     csv_files = resolve_annotation_files(data_path, dataset_type, parts)
+    if dataset_type == "latents" and random_flip:
+        raise UserError("random_flip: cached latents hold one crop of each image, unflipped: train on the "
+                        "images for flips (or encode flipped copies as samples of their own)")
     if dataset_type == "files":
         annotations = read_files_annotations(csv_files, allow_outside_root=allow_outside_data_root)
         reader = FilesReader(annotations, read_meta=sample_filters.active, max_member_bytes=max_member_bytes)
@@ -71,8 +75,10 @@ def build_sample_stream(
         shards = read_shard_list(csv_files, shard_root, allow_outside_root=allow_outside_data_root)
         reader = WebdatasetReader(shards, max_member_bytes=max_member_bytes)
     processor = SampleProcessor(
-        tokenizer, image_size=image_size, random_crop=random_crop, random_flip=random_flip,
-        caption_dropout=caption_dropout, filters=sample_filters, min_image_size=min_image_size, seed=seed,
+        tokenizer, image_size=image_size, random_crop=random_crop and dataset_type != "latents",
+        random_flip=random_flip, caption_dropout=caption_dropout, filters=sample_filters,
+        min_image_size=min_image_size, seed=seed, inputs="latents" if dataset_type == "latents" else "images",
+        latent_shape=latent_shape,
     )
     return SampleStream(
         reader, processor, rank=rank, world_size=world_size, num_workers=num_workers, batch_size=batch_size,
@@ -129,8 +135,10 @@ def build_dataset(
     """Training batches for one rank: ``(mindspore.dataset.Dataset, steps_per_epoch)``.
 
     Args:
-        dataset_type: ``"files"`` (``part_<N>.csv``: ``dir,text``) or ``"webdataset"``
-            (``part_<N>_stats.csv``: ``file_path,num_samples``, tar shards).
+        dataset_type: ``"files"`` (``part_<N>.csv``: ``dir,text``), ``"webdataset"``
+            (``part_<N>_stats.csv``: ``file_path,num_samples``, tar shards) or ``"latents"`` (the same
+            layout holding cached VAE moments, :mod:`mindone.data.latents`: the first column is then
+            float32 ``[B, 2C, h, w]`` moments instead of images).
         data_path: a folder holding the part csvs (all parts, or ``parts=[...]``), one csv, or a list.
         tokenizer: callable ``list[str] -> int32 [N, 77]`` (``SDTokenizer``).
         rank, world_size: default to MindSpore communication when initialised, else ``RANK_ID`` /
@@ -147,7 +155,8 @@ def build_dataset(
             ``min_image_size`` (32 px), ``parts``, ``shard_root`` (folder, URL prefix or template with
             ``{}`` for relative shard paths), ``allow_outside_data_root`` (False: csv values stay inside
             their root, see :mod:`mindone.data.locations`), ``max_member_bytes`` (64 MiB: larger images,
-            captions or jsons are skipped unread), ``start_method`` ("fork").
+            captions or jsons are skipped unread), ``latent_shape`` (latents: the ``(C, h, w)`` every
+            sample must have), ``start_method`` ("fork").
     """
     import mindspore.dataset as ds  # heavy: only when a MindSpore dataset is wanted
 

@@ -1,7 +1,8 @@
 """Turn one raw sample (undecoded members) into model inputs, or the reason it is skipped.
 
 Order of checks, cheapest first: caption present, json filters, image present, image header (tiny),
-full decode (corrupt). Random choices (crop offset, flip, caption dropout) come from a generator seeded
+full decode (corrupt). For a latent dataset (``inputs="latents"``, see :mod:`mindone.data.latents`) the
+image steps are replaced by reading the cached moments (``missing_latents`` / ``corrupt_latents``). Random choices (crop offset, flip, caption dropout) come from a generator seeded
 by ``(seed, epoch, crc32(key))``: the same image gets the same choices in the same epoch whatever the
 rank, worker, dataset type or resume point.
 """
@@ -17,11 +18,12 @@ import numpy as np
 from mindone.data.caption import caption_of, clean_caption, parse_meta
 from mindone.data.decode import IMAGE_EXTENSIONS, BadImage, decode_image
 from mindone.data.filters import SampleFilters
+from mindone.data.latents import MOMENTS_EXT, BadLatents, read_moments
 from mindone.data.tar_stream import RawSample
 from mindone.data.transforms import hwc_to_chw, resize_crop
 
 Tokenizer = Callable[[Sequence[str]], np.ndarray]
-Processed = tuple[str, np.ndarray, np.ndarray]  # key, uint8 CHW pixels, int32 [77] token ids
+Processed = tuple[str, np.ndarray, np.ndarray]  # key, uint8 CHW pixels (or float32 moments), int32 [77] token ids
 
 
 @dataclass
@@ -36,6 +38,8 @@ class SampleProcessor:
     filters: SampleFilters = field(default_factory=SampleFilters)
     min_image_size: int = 32
     seed: int = 0
+    inputs: str = "images"  # or "latents": cached VAE moments instead of an image
+    latent_shape: tuple[int, int, int] | None = None  # checked when given (latents)
 
     def __call__(self, raw: RawSample, epoch: int, counts: dict[str, int]) -> Processed | str:
         meta = parse_meta(raw.files.get("json"))
@@ -47,18 +51,26 @@ class SampleProcessor:
             reason = self.filters.check(meta, counts)
             if reason:
                 return reason
-        data = next((raw.files[ext] for ext in IMAGE_EXTENSIONS if ext in raw.files), None)
-        if data is None:
-            return "missing_image"
-        try:
-            image = decode_image(data, self.image_size, self.min_image_size)
-        except BadImage as bad:
-            return bad.reason
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, zlib.crc32(raw.key.encode())])
-        crop_rng = rng if self.random_crop else None
-        flip = bool(self.random_flip and rng.random() < 0.5)
-        pixels = resize_crop(image, self.image_size, crop_rng, flip)
+        if self.inputs == "latents":
+            if MOMENTS_EXT not in raw.files:
+                return "missing_latents"
+            try:
+                array = read_moments(raw.files[MOMENTS_EXT], self.latent_shape)
+            except BadLatents:
+                return "corrupt_latents"
+        else:
+            data = next((raw.files[ext] for ext in IMAGE_EXTENSIONS if ext in raw.files), None)
+            if data is None:
+                return "missing_image"
+            try:
+                image = decode_image(data, self.image_size, self.min_image_size)
+            except BadImage as bad:
+                return bad.reason
+            crop_rng = rng if self.random_crop else None
+            flip = bool(self.random_flip and rng.random() < 0.5)
+            array = hwc_to_chw(resize_crop(image, self.image_size, crop_rng, flip))
         if self.caption_dropout > 0 and rng.random() < self.caption_dropout:
             caption = ""
         tokens = np.asarray(self.tokenizer([caption]), dtype=np.int32)[0]
-        return raw.key, hwc_to_chw(pixels), tokens
+        return raw.key, array, tokens

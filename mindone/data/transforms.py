@@ -41,10 +41,12 @@ def hwc_to_chw(pixels: np.ndarray) -> np.ndarray:
 
 
 def to_model_input(chw: np.ndarray) -> np.ndarray:
-    """uint8 CHW (or NCHW) -> C-contiguous float32 in [-1, 1].
+    """uint8 CHW (or NCHW) -> C-contiguous float32 in [-1, 1]; float arrays (cached latents) pass as they are.
 
     Contiguity matters: MindSpore copies a strided array element by element, ~10x slower.
     """
+    if chw.dtype != np.uint8:
+        return np.ascontiguousarray(chw, dtype=np.float32)
     out = np.ascontiguousarray(chw, dtype=np.float32)
     out *= np.float32(1 / 127.5)
     out -= np.float32(1.0)

@@ -21,6 +21,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from mindone.diffusion.schedule import NoiseSchedule, normalize_prediction_type
+from mindone.models.vae import sample_posterior
 
 
 def latent_shape(model_cfg: dict, image_size: int) -> tuple[int, int, int]:
@@ -63,7 +64,7 @@ def sample_step_noise(
 
 
 class DiffusionLoss(nn.Cell):
-    """``construct(images, token_ids, noise, posterior_noise, timesteps) -> scalar loss`` (float32).
+    """``construct(images or moments, token_ids, noise, posterior_noise, timesteps) -> scalar loss`` (float32).
 
     Args:
         model: a ``LatentDiffusion`` (its parameter names are kept: this cell does not prefix them).
@@ -71,6 +72,9 @@ class DiffusionLoss(nn.Cell):
         prediction_type: ``eps``/``epsilon`` or ``v``/``v_prediction``.
         snr_gamma: min-SNR gamma (diffusers recommends 5.0); None for the plain MSE.
         train_text_encoder: let gradients reach the text tower (else it is a constant input).
+        from_moments: the first input is the cached posterior moments ``[B, 2C, h, w]`` of the frozen VAE
+            (:mod:`mindone.data.latents`) instead of images; the VAE encoder is skipped, the posterior is
+            sampled with the same ``posterior_noise``.
     """
 
     def __init__(
@@ -80,8 +84,10 @@ class DiffusionLoss(nn.Cell):
         prediction_type: str = "eps",
         snr_gamma: float | None = None,
         train_text_encoder: bool = False,
+        from_moments: bool = False,
     ) -> None:
         super().__init__(auto_prefix=False)
+        self.from_moments = from_moments
         self.model = model
         self.schedule = schedule
         self.prediction_type = normalize_prediction_type(prediction_type)
@@ -91,7 +97,11 @@ class DiffusionLoss(nn.Cell):
 
     def construct(self, images: Tensor, token_ids: Tensor, noise: Tensor, posterior_noise: Tensor,
                   timesteps: Tensor) -> Tensor:
-        latents = ops.stop_gradient(self.model.encode_images(images, posterior_noise))
+        if self.from_moments:
+            mean, logvar = ops.split(images, images.shape[1] // 2, axis=1)
+            latents = sample_posterior(mean, logvar, posterior_noise) * self.model.scale_factor
+        else:
+            latents = ops.stop_gradient(self.model.encode_images(images, posterior_noise))
         context = self.model.encode_text(token_ids)
         if not self.train_text_encoder:
             context = ops.stop_gradient(context)

@@ -24,7 +24,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 TRAIN_OPTIONS: list[Option] = [
     # data
     Option("dataset_type", str, "files", "files: part_<N>.csv (dir,text) under data_path; webdataset: "
-           "part_<N>_stats.csv (file_path,num_samples) and the tar shards", choices=("files", "webdataset"),
+           "part_<N>_stats.csv (file_path,num_samples) and the tar shards; latents: the VAE moments cached by "
+           "encode_latents.py (the VAE encode is skipped)", choices=("files", "webdataset", "latents"),
            group="data"),
     Option("data_path", str, None, "dataset root holding the annotation csv files (required)", group="data"),
     Option("resolution", int, 512, "training image size: smallest side resized to it, then cropped", group="data"),
