@@ -244,6 +244,11 @@ def scan_tar(path: str | os.PathLike) -> TarScan:
     try:
         match_key_ext = _KEY_EXT.match  # split_key_ext inlined: this loop runs once per member
         for name, size, _ in iter_tar_members(path):
+            if "/" not in name:  # the usual flat name: partition does what the pattern does, faster
+                key, dot, ext = name.partition(".")
+                if dot and key:
+                    exts[key][ext.lower()] = size
+                continue
             parts = match_key_ext(name)
             if parts is not None:
                 exts[parts[1]][parts[2].lower()] = size
