@@ -41,10 +41,13 @@ def test_url_screen_judges_schemes_as_urllib_sees_them():
     from laion_utils.url_guard import screen_urls
 
     urls = ["http://a/1.jpg", "HTTPS://a/2.jpg", "  https://a/3.jpg", "<URL:http://a/4.jpg>", None, "file:///etc/passwd",
-            "<URL:file:///etc/passwd>", " FILE:///etc/shadow", "ftp://h/x.jpg", "data:image/png;base64,AAAA", "/etc/passwd"]
+            "<URL:file:///etc/passwd>", " FILE:///etc/shadow", "ftp://h/x.jpg", "data:image/png;base64,AAAA", "/etc/passwd",
+            "HTTP://[::1"]  # fmt: skip
     keep, screen = screen_urls(pa.table({"URL": urls}), "URL")
-    assert list(keep) == [True] * 5 + [False] * 6
-    assert (screen.rows, screen.refused, screen.schemes) == (11, 6, {"file": 3, "ftp": 1, "data": 1, "": 1})
+    assert list(keep) == [True] * 5 + [False] * 7
+    assert (screen.rows, screen.refused) == (12, 7)
+    assert screen.describe() == ("7 of 12 rows have a URL that is not http(s) (1 without a scheme, 1 (unparsable), 1 data:, "
+                                 "3 file:, 1 ftp:)")
 
 
 @pytest.mark.timeout(200)
@@ -123,6 +126,18 @@ def test_metadata_with_no_http_row_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and str(tmp_path / "part_1.parquet") in lines[0]
     assert "2 of 2 rows have a URL that is not http(s) (1 file:, 1 gopher:)" in lines[0] and "--allow_non_http_urls" in lines[0]
+
+
+
+def test_metadata_that_cannot_be_checked_is_one_line(tmp_path, monkeypatch):
+    import laion_download_imgs
+
+    for key in [k for k in os.environ if k.startswith("LAION_")]:
+        monkeypatch.delenv(key)
+    (tmp_path / "part_1.jsonl").write_text('{"link": "file:///etc/passwd", "TEXT": "x"}\n')
+    with pytest.raises(UserError, match=r"part 1: .*part_1.jsonl: cannot check its 'URL' column as jsonl") as err:
+        laion_download_imgs.main(["1", "--metadata_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--input_format", "jsonl"])
+    assert "\n" not in str(err.value) and not (tmp_path / "o").exists()
 
 
 # -- 3. a metadata server never chooses where a file is written ------------------------------------------------------

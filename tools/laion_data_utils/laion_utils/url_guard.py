@@ -35,13 +35,20 @@ class UrlScreen:
     schemes: dict[str, int] = field(default_factory=dict)  # refused rows per scheme ("" for none)
 
     def describe(self) -> str:
-        kinds = ", ".join(f"{n} {s + ':' if s else 'without a scheme'}" for s, n in sorted(self.schemes.items()))
+        labels = {"": "without a scheme", UNPARSABLE: UNPARSABLE}
+        kinds = ", ".join(f"{n} {labels.get(s, s + ':')}" for s, n in sorted(self.schemes.items()))
         return f"{self.refused} of {self.rows} rows have a URL that is not http(s) ({kinds})"
 
 
+UNPARSABLE = "(unparsable)"
+
+
 def url_scheme(url: str) -> str:
-    """The scheme urllib will act on, lower-cased ("" when there is none)."""
-    return urllib.parse.urlsplit(urllib.parse.unwrap(url)).scheme.lower()
+    """The scheme urllib will act on, lower-cased ("" when there is none, UNPARSABLE when urllib cannot parse it)."""
+    try:
+        return urllib.parse.urlsplit(urllib.parse.unwrap(url)).scheme.lower()
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 host
+        return UNPARSABLE
 
 
 def read_metadata(path: Path, input_format: str):
@@ -133,7 +140,8 @@ def http_only_kwargs(kwargs: dict, input_path: Path, input_format: str, dry_run:
             table = read_metadata(input_path, input_format)
         keep, screen = screen_urls(table, url_col)
     except (OSError, ValueError, KeyError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        raise UrlGuardError(f"{input_path}: cannot check its {url_col!r} column as {input_format}: {err}") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UrlGuardError(f"{input_path}: cannot check its {url_col!r} column as {input_format}: {reason}") from None
     if not screen.refused:
         return kwargs, screen
     if screen.refused == screen.rows:
