@@ -96,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      use_ema=args.use_ema)
     dtype = DTYPES[args.dtype]
     if dtype is not None:
-        tensors = {n: a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a for n, a in tensors.items()}
+        tensors = {n: a.astype(dtype, copy=False) if np.issubdtype(a.dtype, np.floating) else a
+                   for n, a in tensors.items()}
     if target.suffix == ".ckpt":
         save_mindspore_checkpoint(tensors, target)
     else:
