@@ -87,6 +87,32 @@ def pd_urls(part_dir: Path) -> list[str]:
     return sorted(pd.concat(frames)["url"].tolist()) if frames else []
 
 
+@pytest.mark.spark
+@pytest.mark.timeout(300)
+def test_file_urls_never_reach_the_shards_with_pyspark(tmp_path):
+    """The same on a real local Spark master: the executors download the http rows only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from image_server import ImageServer, make_jpeg
+
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(make_jpeg(48, 40, seed=98))
+    meta, out = tmp_path / "meta", tmp_path / "out"
+    meta.mkdir()
+    with ImageServer() as srv:
+        urls = [srv.url("good", 3), secret.as_uri(), srv.url("good", 4)]
+        pq.write_table(pa.table(url_rows(urls)), meta / "part_1.parquet")
+        proc = run_download(["1", "--metadata_dir", str(meta), "--output_dir", str(out), *SMALL, "--distributor", "pyspark",
+                             "--spark_master", "local[1]"], timeout=280)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shards = [tarfile.open(p) for p in sorted((out / "part_1").glob("*.tar"))]
+    jpgs = [t.extractfile(m).read() for t in shards for m in t.getmembers() if m.name.endswith(".jpg")]
+    assert len(jpgs) == 2 and secret.read_bytes() not in jpgs and pd_urls(out / "part_1") == sorted(urls[0::2])
+    assert "1 of 3 rows have a URL that is not http(s) (1 file:)" in proc.stderr
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("distributor", ["multiprocessing", "pyspark"])
 def test_both_distributors_are_handed_only_http_rows(tmp_path, monkeypatch, distributor):
