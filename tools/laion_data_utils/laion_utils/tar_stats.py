@@ -32,12 +32,7 @@ _ZERO_BLOCK = bytes(BLOCK)
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp"})
 CAPTION_EXTS = frozenset({"txt", "text", "caption"})
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
-# column 0: 1 for every byte outside the checksum field; column 1: the weights of its 6 octal digits
-_CHECKSUM_WEIGHTS = np.zeros((BLOCK, 2), dtype=np.float32)
-_CHECKSUM_WEIGHTS[:, 0] = 1
-_CHECKSUM_WEIGHTS[148:156, 0] = 0
-_CHECKSUM_WEIGHTS[148:154, 1] = 8.0 ** np.arange(5, -1, -1)
-_DIGIT_ZEROS = float(0x30 * _CHECKSUM_WEIGHTS[:, 1].sum())  # what the ASCII '0's add to column 1
+_OCTAL_WEIGHTS = 8 ** np.arange(5, -1, -1, dtype=np.int64)  # of the checksum field's 6 digits
 
 
 class TarFormatError(ValueError):
@@ -103,15 +98,16 @@ def _checksum_matches(header: bytes) -> bool:
 def _first_bad_checksum(headers: list[bytes]) -> int | None:
     """Index of the first header whose checksum does not match, None when all do.
 
-    One matrix product gives, per header, the byte sum outside the checksum field and the value of the
-    field read as 6 octal digits (exact in float32: both stay below 2**24); the headers with that usual
-    field layout whose unsigned sum matches are confirmed, only the others are checked one by one.
+    One numpy pass (plain integer sums: a float matrix product would start BLAS threads that spin on a
+    busy machine) confirms the headers whose field has the usual layout (6 octal digits, NUL) and whose
+    unsigned sum matches; only the others are checked one by one.
     """
     rows = np.frombuffer(b"".join(headers), dtype=np.uint8).reshape(len(headers), BLOCK)
-    sums = rows.astype(np.float32) @ _CHECKSUM_WEIGHTS
-    field = rows[:, 148:155]
-    usual = ((field[:, :6] >= 0x30) & (field[:, :6] <= 0x37)).all(axis=1) & (field[:, 6] == 0)
-    confirmed = usual & (sums[:, 1] - _DIGIT_ZEROS == sums[:, 0] + 8 * 32)
+    field = rows[:, 148:156]
+    total = rows.sum(axis=1, dtype=np.uint32).astype(np.int64) - field.sum(axis=1, dtype=np.int64) + 8 * 32
+    digits = field[:, :6].astype(np.int64) - 0x30
+    usual = ((digits >= 0) & (digits <= 7)).all(axis=1) & (field[:, 6] == 0)
+    confirmed = usual & ((digits * _OCTAL_WEIGHTS).sum(axis=1) == total)
     for index in np.flatnonzero(~confirmed):
         if not _checksum_matches(headers[index]):
             return int(index)
