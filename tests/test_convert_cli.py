@@ -247,3 +247,19 @@ def test_diffusers_folder_through_the_script(tmp_path, caplog):
             assert array.dtype == reference[source].dtype and np.array_equal(array, reference[source]), source
             used.add(source)
     assert all(n.endswith("position_ids") for n in set(reference) - used)  # (older transformers save it)
+
+
+def test_a_failed_write_is_one_line_with_the_reason(tiny_state, tmp_path, monkeypatch):
+    import errno
+
+    import mindone.convert.convert as convert_module
+
+    write_safetensors(tmp_path / "tiny.safetensors", tiny_state)
+
+    def disk_full(path, tensors, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(convert_module, "write_safetensors", disk_full)
+    with pytest.raises(UserError, match=r"--target .*out\.safetensors: cannot write \(No space left on device\)$"):
+        main(["--source", str(tmp_path / "tiny.safetensors"), "--target", str(tmp_path / "out.safetensors"),
+              "--config", "tiny"])

@@ -176,11 +176,15 @@ def read_source(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
         return tensors, "diffusers"
     if not path.is_file():
         raise UserError(f"{path}: no such file or directory")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as err:  # the reason (permissions, I/O error), not a guess about the format
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from err
     if path.suffix == ".safetensors":
         return read_safetensors(path), "ldm"
-    if zipfile.is_zipfile(path):
+    if head.startswith(b"PK") and zipfile.is_zipfile(path):
         return _tensor_dict(_torch_load(path), path), "ldm"
-    with open(path, "rb") as fh:
-        if fh.read(1) == b"\x80":  # a bare pickle: torch.save before 1.6 (the reader says so)
-            return _tensor_dict(read_torch_checkpoint(path), path), "ldm"
+    if head[:1] == b"\x80":  # a bare pickle: torch.save before 1.6 (the reader says so)
+        return _tensor_dict(read_torch_checkpoint(path), path), "ldm"
     return _read_mindspore(path), "ldm"

@@ -98,10 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if dtype is not None:
         tensors = {n: a.astype(dtype, copy=False) if np.issubdtype(a.dtype, np.floating) else a
                    for n, a in tensors.items()}
-    if target.suffix == ".ckpt":
-        save_mindspore_checkpoint(tensors, target)
-    else:
-        save_ldm_safetensors(tensors, target)
+    try:
+        if target.suffix == ".ckpt":
+            save_mindspore_checkpoint(tensors, target)
+        else:
+            save_ldm_safetensors(tensors, target)
+    except OSError as err:  # e.g. a full disk: nothing is left at --target (the writers are atomic)
+        raise UserError(f"--target {target}: cannot write ({err.strerror or err})") from err
     size = sum(a.nbytes for a in tensors.values()) / 1e9
     logger.info("wrote %d tensors (%.2f GB) from %s (%s layout) to %s", len(tensors), size, args.source, layout, target)
     return 0
