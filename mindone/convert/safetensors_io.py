@@ -78,7 +78,9 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         header.pop("__metadata__", None)
         base = 8 + header_len
         spans = {name: _tensor_span(name, info, size - base) for name, info in header.items()}
-    except (OSError, struct.error, ValueError) as err:
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from err
+    except (struct.error, ValueError) as err:
         raise UserError(f"{path}: not a readable safetensors file ({err})") from err
     data = np.memmap(path, dtype=np.uint8, mode="r") if size > base else np.zeros(0, np.uint8)
     tensors = {}
