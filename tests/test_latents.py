@@ -135,9 +135,11 @@ def test_crafted_moments_are_counted_not_loaded(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_training_on_cached_latents_equals_training_on_the_images(tmp_path):
+    # The latents run skips the VAE encoder and the text encoder (cached text embeddings, caption dropout
+    # swapping in the cached empty caption), and still takes exactly the path of the images run.
     make_clean_dataset(tmp_path / "img", num_shards=3, per_shard=5)
     init = tiny_weights(tmp_path / "init.ckpt")
-    encode(tmp_path / "img", tmp_path / "lat", "--dtype", "fp32", "--pretrained_model_path", init)
+    encode(tmp_path / "img", tmp_path / "lat", "--dtype", "fp32", "--pretrained_model_path", init, "--cache_text")
     common = ["--config", REPO / "configs" / "train" / "tiny_cpu.yaml", "--pretrained_model_path", init,
               "--max_train_steps", "3", "--validation_steps", "1000", "--checkpointing_steps", "1000",
               "--mode", "pynative", "--caption_dropout", "0.3"]
@@ -153,3 +155,24 @@ def test_training_on_cached_latents_equals_training_on_the_images(tmp_path):
     unet = [k for k in a if k.startswith("model.diffusion_model.")]
     assert unet and all(np.array_equal(a[k], b[k]) for k in unet)  # bit for bit
     assert max(float(np.abs(a[k] - start[k]).max()) for k in unet) > 1e-4  # and training did move them
+
+
+@pytest.mark.timeout(300)
+def test_cached_text_embeddings_stand_in_for_token_ids(tmp_path):
+    make_clean_dataset(tmp_path / "img", num_shards=1, per_shard=6)
+    out = tmp_path / "lat"
+    encode(tmp_path / "img", out, "--cache_text")
+    assert LatentInfo.read(out).text_width == 32  # the tiny text tower's width
+    kw = dict(image_size=32, batch_size=2, num_workers=0, rank=0, world_size=1, latent_shape=SHAPE)
+    plain = {s["key"]: s["token_ids"] for s in build_sample_stream("latents", out, fake_tokenizer, **kw)}
+    assert all(v.dtype == np.int32 for v in plain.values())  # without cached_text: token ids as ever
+    cached = list(build_sample_stream("latents", out, fake_tokenizer, cached_text=True, caption_dropout=0.5, **kw))
+    empty = np.load(out / "empty_text.npy").astype(np.float32)
+    stored = {k.split(".")[0]: np.load(io.BytesIO(v)).astype(np.float32)
+              for k, v in members(out / "part_1" / "00000.tar").items() if k.endswith(".text.npy")}
+    dropped = [s for s in cached if np.array_equal(s["token_ids"], empty)]
+    kept = [s for s in cached if not np.array_equal(s["token_ids"], empty)]
+    assert dropped and kept and all(np.array_equal(s["token_ids"], stored[s["key"]]) for s in kept)
+    assert all(s["token_ids"].shape == (77, 32) for s in cached)
+    with pytest.raises(AssertionError, match="other settings"):
+        encode(tmp_path / "img", out)  # the same folder without text: refused, not mixed

@@ -44,6 +44,9 @@ OPTIONS = [
     Option("resolution", int, 512, "image size: smallest side resized to it, then centre-cropped"),
     Option("dtype", str, "fp16", "storage dtype of the moments (fp16 halves the disk; fp32 is exact)",
            choices=("fp16", "fp32")),
+    Option("cache_text", bool, False, "also cache the frozen text encoder's output per caption (used while "
+           "training keeps the text encoder frozen)"),
+    Option("vocab_path", str, None, "with --cache_text: bpe_simple_vocab_16e6.txt.gz (default: open_clip's)"),
     Option("batch_size", int, 8, "images per VAE call"),
     Option("samples_per_shard", int, 1000, "files datasets: csv rows per output shard"),
     Option("min_image_size", int, 32, "skip images whose smaller side is below this (as the trainer)"),
@@ -105,11 +108,11 @@ def _safe_key(key: str, fallback: str) -> str:
     return fallback if key.startswith("/") or ".." in parts or not key else key
 
 
-def encode_unit(unit: Unit, *, encode, processor, out: Path, batch_size: int, dtype: str) -> dict:
+def encode_unit(unit: Unit, *, encode, encode_text, processor, out: Path, batch_size: int, dtype: str) -> dict:
     """Write one output shard (atomically) and its counts; returns the counts."""
     from collections import Counter
 
-    from mindone.data.latents import MOMENTS_EXT, moments_bytes
+    from mindone.data.latents import MOMENTS_EXT, TEXT_EXT, array_bytes, moments_bytes
     from mindone.data.tar_stream import RawSample
     from mindone.data.transforms import to_model_input
 
@@ -117,13 +120,16 @@ def encode_unit(unit: Unit, *, encode, processor, out: Path, batch_size: int, dt
     target = out / unit.name
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
-        pending: list[tuple[str, np.ndarray, RawSample]] = []
+        pending: list[tuple[str, np.ndarray, np.ndarray, RawSample]] = []
 
         def flush() -> None:
-            pixels = np.stack([to_model_input(p) for _, p, _ in pending])
+            pixels = np.stack([to_model_input(p) for _, p, _, _ in pending])
             mean, logvar = encode(pixels, batch_size)
-            for i, (key, _, raw) in enumerate(pending):
+            texts = encode_text(np.stack([t for _, _, t, _ in pending]), batch_size) if encode_text else None
+            for i, (key, _, _, raw) in enumerate(pending):
                 members = {MOMENTS_EXT: moments_bytes(mean[i], logvar[i], dtype)}
+                if texts is not None:
+                    members[TEXT_EXT] = array_bytes(texts[i], dtype)
                 members.update({ext: raw.files[ext] for ext in ("txt", "json") if ext in raw.files})
                 for ext, data in members.items():
                     info = tarfile.TarInfo(f"{key}.{ext}")
@@ -138,7 +144,7 @@ def encode_unit(unit: Unit, *, encode, processor, out: Path, batch_size: int, dt
             if isinstance(result, str):
                 counts[result] += 1
                 continue
-            pending.append((_safe_key(item.key, f"{unit.index:05d}{position:06d}"), result[1], item))
+            pending.append((_safe_key(item.key, f"{unit.index:05d}{position:06d}"), result[1], result[2], item))
             if len(pending) == batch_size:
                 flush()
         if pending:
@@ -186,16 +192,25 @@ def build_encoder(args):
         def construct(self, x):
             return self.vae.encode(x)
 
-    cell = Encode()
+    class EncodeText(nn.Cell):
+        def __init__(self):
+            super().__init__(auto_prefix=False)
+            self.model = model
 
-    def encode(pixels: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        n = pixels.shape[0]
+        def construct(self, ids):
+            return self.model.encode_text(ids)
+
+    def padded(cell, array: np.ndarray, batch: int, dtype):
+        n = array.shape[0]
         if n < batch:  # one compiled shape: pad the last batch
-            pixels = np.concatenate([pixels, np.zeros((batch - n, *pixels.shape[1:]), pixels.dtype)])
-        mean, logvar = cell(Tensor(pixels, ms.float32))
-        return mean.asnumpy()[:n], logvar.asnumpy()[:n]
+            array = np.concatenate([array, np.zeros((batch - n, *array.shape[1:]), array.dtype)])
+        out = cell(Tensor(array, dtype))
+        return tuple(o.asnumpy()[:n] for o in out) if isinstance(out, tuple) else out.asnumpy()[:n]
 
-    return encode, model
+    encode_cell, text_cell = Encode(), EncodeText()
+    model.set_train(False)
+    return (lambda pixels, batch: padded(encode_cell, pixels, batch, ms.float32),
+            lambda ids, batch: padded(text_cell, ids, batch, ms.int32))
 
 
 def build_parser():
@@ -214,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_cli_logging()
     from tqdm import tqdm
 
-    from mindone.data.latents import LatentInfo
+    from mindone.data.latents import INFO_FILE, LatentInfo
     from mindone.data.processing import SampleProcessor
     from mindone.train.loss import latent_shape
     from mindone.utils.device import init_device
@@ -225,22 +240,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mindone.models.config import load_model_config
 
     channels, height, width = latent_shape(load_model_config(args.model_config), args.resolution)
-    LatentInfo(args.resolution, channels, height, width, args.dtype, args.model_config,
-               args.pretrained_model_path).write(out)
     parts = plan_units(args)
     every = [u for units in parts.values() for u in units]
     mine = [u for i, u in enumerate(every) if i % dev.world_size == dev.rank]
     todo = [u for u in mine if not (out / u.name.replace(".tar", "_stats.json")).is_file()]
     logger.info("%d output shards, %d for rank %d of %d, %d already done", len(every), len(mine), dev.rank,
                 dev.world_size, len(mine) - len(todo))
-    encode, _ = build_encoder(args)
-    processor = SampleProcessor(lambda texts: np.zeros((len(texts), 1), np.int32), image_size=args.resolution,
-                                min_image_size=args.min_image_size)
+    encode, encode_text = build_encoder(args)
+    if args.cache_text:
+        from mindone.data.latents import EMPTY_TEXT_FILE, array_bytes
+        from mindone.models.tokenizer import SDTokenizer
+        from mindone.utils.atomic import atomic_write_bytes
+
+        tokenizer = SDTokenizer(args.vocab_path)
+        empty = encode_text(np.asarray(tokenizer([""]), np.int32), args.batch_size)[0]
+        atomic_write_bytes(out / EMPTY_TEXT_FILE, array_bytes(empty, args.dtype))
+        text_width = int(empty.shape[-1])
+    else:
+        tokenizer, encode_text, text_width = (lambda texts: np.zeros((len(texts), 1), np.int32)), None, 0
+    info = LatentInfo(args.resolution, channels, height, width, args.dtype, args.model_config,
+                      args.pretrained_model_path, text_width)
+    if (out / INFO_FILE).is_file() and LatentInfo.read(out) != info and any(out.glob("part_*/*_stats.json")):
+        raise UserError(f"--output_dir {out}: holds latents encoded with other settings ({LatentInfo.read(out)}); "
+                        "use a new --output_dir")
+    info.write(out)
+    processor = SampleProcessor(tokenizer, image_size=args.resolution, min_image_size=args.min_image_size)
     totals: dict[str, int] = {}
     with tqdm(todo, desc="encode", unit="shard", dynamic_ncols=True) as bar:
         for unit in bar:
-            counts = encode_unit(unit, encode=encode, processor=processor, out=out, batch_size=args.batch_size,
-                                 dtype=args.dtype)
+            counts = encode_unit(unit, encode=encode, encode_text=encode_text, processor=processor, out=out,
+                                 batch_size=args.batch_size, dtype=args.dtype)
             for key, value in counts.items():
                 totals[key] = totals.get(key, 0) + value
             bar.set_postfix(written=totals.get("written", 0), skipped=totals.get("read", 0) - totals.get("written", 0))

@@ -102,10 +102,17 @@ def data_options(args) -> dict:
     if args.dataset_type == "latents":
         from mindone.data.latents import LatentInfo
 
-        options["latent_shape"] = LatentInfo.of_data_path(args.data_path).channels_hw
+        info = LatentInfo.of_data_path(args.data_path)
+        options["latent_shape"] = info.channels_hw
+        options["cached_text"] = uses_cached_text(args, info)
     options["allow_outside_data_root"] = args.allow_outside_data_root
     options["max_member_bytes"] = int(args.max_member_mb * (1 << 20))
     return options
+
+
+def uses_cached_text(args, info) -> bool:
+    """Cached text embeddings stand in for the text encoder while it is frozen (no gradient, no adapters)."""
+    return bool(info.text_width) and not (args.train_text_encoder or (args.use_lora and args.lora_text_encoder))
 
 
 def batch_stream(args, tokenizer, rank: int, world_size: int, start_batch: int,
@@ -181,6 +188,8 @@ def graph_fingerprint(args) -> str:
     from mindone.models.config import load_model_config
 
     parts = [f"{name}={getattr(args, name)!r}" for name in GRAPH_OPTIONS]
+    if args.dataset_type == "latents":  # cached text embeddings change the graph's inputs
+        parts.append(f"cached_text={data_options(args).get('cached_text')}")
     return ";".join(parts + [repr(load_model_config(args.model_config))])
 
 
@@ -243,7 +252,8 @@ def train(args, dev) -> None:
         # Gradients must reach the text tower when it is trained, in full or through its LoRA adapters.
         text_grads = args.train_text_encoder or (args.use_lora and args.lora_text_encoder)
         loss_cell = DiffusionLoss(model, NoiseSchedule(), model.parameterization, args.snr_gamma, text_grads,
-                                  from_moments=args.dataset_type == "latents")
+                                  from_moments=args.dataset_type == "latents",
+                                  cached_text=data_options(args).get("cached_text", False))
     step_fn = TrainStep(loss_cell, optimizer, scaler, accum, args.max_grad_norm, ema)
     state = list(model.parameters_and_names()) + named(step_fn.state_parameters())
 

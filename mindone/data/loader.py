@@ -14,6 +14,7 @@ import numpy as np
 
 from mindone.data.annotations import read_files_annotations, read_shard_list, resolve_annotation_files
 from mindone.data.files_dataset import FilesReader
+from mindone.data.latents import cached_empty_text
 from mindone.data.filters import SampleFilters
 from mindone.data.processing import SampleProcessor
 from mindone.data.shards import detect_rank_and_world_size
@@ -49,6 +50,7 @@ def build_sample_stream(
     allow_outside_data_root: bool = False,
     max_member_bytes: int = MAX_MEMBER_BYTES,
     latent_shape: tuple[int, int, int] | None = None,
+    cached_text: bool = False,
     start_method: str = "fork",
 ) -> SampleStream:
     """The rank's per-sample stream (dicts with ``key``, ``image``, ``token_ids``); arguments as
@@ -78,7 +80,7 @@ def build_sample_stream(
         tokenizer, image_size=image_size, random_crop=random_crop and dataset_type != "latents",
         random_flip=random_flip, caption_dropout=caption_dropout, filters=sample_filters,
         min_image_size=min_image_size, seed=seed, inputs="latents" if dataset_type == "latents" else "images",
-        latent_shape=latent_shape,
+        latent_shape=latent_shape, empty_text=cached_empty_text(data_path) if cached_text else None,
     )
     return SampleStream(
         reader, processor, rank=rank, world_size=world_size, num_workers=num_workers, batch_size=batch_size,
@@ -156,7 +158,8 @@ def build_dataset(
             ``{}`` for relative shard paths), ``allow_outside_data_root`` (False: csv values stay inside
             their root, see :mod:`mindone.data.locations`), ``max_member_bytes`` (64 MiB: larger images,
             captions or jsons are skipped unread), ``latent_shape`` (latents: the ``(C, h, w)`` every
-            sample must have), ``start_method`` ("fork").
+            sample must have), ``cached_text`` (latents: yield the cached text embeddings ``[B, 77, width]``
+            instead of token ids), ``start_method`` ("fork").
     """
     import mindspore.dataset as ds  # heavy: only when a MindSpore dataset is wanted
 

@@ -18,7 +18,7 @@ import numpy as np
 from mindone.data.caption import caption_of, clean_caption, parse_meta
 from mindone.data.decode import IMAGE_EXTENSIONS, BadImage, decode_image
 from mindone.data.filters import SampleFilters
-from mindone.data.latents import MOMENTS_EXT, BadLatents, read_moments
+from mindone.data.latents import MOMENTS_EXT, TEXT_EXT, BadLatents, read_array, read_moments
 from mindone.data.tar_stream import RawSample
 from mindone.data.transforms import hwc_to_chw, resize_crop
 
@@ -40,6 +40,7 @@ class SampleProcessor:
     seed: int = 0
     inputs: str = "images"  # or "latents": cached VAE moments instead of an image
     latent_shape: tuple[int, int, int] | None = None  # checked when given (latents)
+    empty_text: np.ndarray | None = None  # latents with cached text: the empty caption's embedding
 
     def __call__(self, raw: RawSample, epoch: int, counts: dict[str, int]) -> Processed | str:
         meta = parse_meta(raw.files.get("json"))
@@ -70,7 +71,15 @@ class SampleProcessor:
             crop_rng = rng if self.random_crop else None
             flip = bool(self.random_flip and rng.random() < 0.5)
             array = hwc_to_chw(resize_crop(image, self.image_size, crop_rng, flip))
-        if self.caption_dropout > 0 and rng.random() < self.caption_dropout:
-            caption = ""
-        tokens = np.asarray(self.tokenizer([caption]), dtype=np.int32)[0]
+        dropped = self.caption_dropout > 0 and rng.random() < self.caption_dropout
+        if self.empty_text is not None:  # cached text embeddings stand in for the token ids
+            if dropped:
+                return raw.key, array, self.empty_text
+            if TEXT_EXT not in raw.files:
+                return "missing_text_embedding"
+            try:
+                return raw.key, array, read_array(raw.files[TEXT_EXT], self.empty_text.shape)
+            except BadLatents:
+                return "corrupt_latents"
+        tokens = np.asarray(self.tokenizer(["" if dropped else caption]), dtype=np.int32)[0]
         return raw.key, array, tokens

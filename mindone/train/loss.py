@@ -75,6 +75,8 @@ class DiffusionLoss(nn.Cell):
         from_moments: the first input is the cached posterior moments ``[B, 2C, h, w]`` of the frozen VAE
             (:mod:`mindone.data.latents`) instead of images; the VAE encoder is skipped, the posterior is
             sampled with the same ``posterior_noise``.
+        cached_text: the second input is the cached output of the frozen text encoder ``[B, 77, width]``
+            instead of token ids; the text encoder is skipped.
     """
 
     def __init__(
@@ -85,9 +87,11 @@ class DiffusionLoss(nn.Cell):
         snr_gamma: float | None = None,
         train_text_encoder: bool = False,
         from_moments: bool = False,
+        cached_text: bool = False,
     ) -> None:
         super().__init__(auto_prefix=False)
         self.from_moments = from_moments
+        self.cached_text = cached_text
         self.model = model
         self.schedule = schedule
         self.prediction_type = normalize_prediction_type(prediction_type)
@@ -102,7 +106,7 @@ class DiffusionLoss(nn.Cell):
             latents = sample_posterior(mean, logvar, posterior_noise) * self.model.scale_factor
         else:
             latents = ops.stop_gradient(self.model.encode_images(images, posterior_noise))
-        context = self.model.encode_text(token_ids)
+        context = token_ids if self.cached_text else self.model.encode_text(token_ids)
         if not self.train_text_encoder:
             context = ops.stop_gradient(context)
         noise = noise.astype(latents.dtype)
