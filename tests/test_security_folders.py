@@ -185,3 +185,19 @@ def test_oversized_caption_is_skipped_unread(tmp_path):
     annot = files_part_annotations(tmp_path, tmp_path / "part_1", SampleFilters(min_aesthetic=1.0))
     assert annot.rows == [("part_1/00000/0.jpg", "short"), ("part_1/00000/2.jpg", "nested json")]
     assert annot.skipped["caption file not a regular file of at most 1 MiB"] == 1
+
+
+@pytest.mark.timeout(30)
+def test_resume_cleanup_removes_links_not_what_they_point_at(tmp_path):
+    from laion_utils.shard_state import prepare_resume
+
+    part, elsewhere = tmp_path / "out" / "part_1", tmp_path / "elsewhere"
+    (elsewhere / "album").mkdir(parents=True)
+    (elsewhere / "album" / "photo.jpg").write_bytes(b"\xff\xd8 keep me")
+    (elsewhere / "keep.tar").write_bytes(b"keep me too")
+    webdataset_shard(part, "00000", [{"jpg": b"\xff\xd8", "txt": b"done"}])
+    (part / "00001").symlink_to(elsewhere / "album", target_is_directory=True)  # "partial" shards: no _stats.json
+    (part / "00002.tar").symlink_to(elsewhere / "keep.tar")
+    report = prepare_resume(part, "files")
+    assert sorted(report.partial_removed) == ["00001", "00002"] and not (part / "00001").is_symlink()
+    assert (elsewhere / "album" / "photo.jpg").read_bytes() == b"\xff\xd8 keep me" and (elsewhere / "keep.tar").exists()

@@ -141,7 +141,10 @@ def check_shard(part_dir: Path, name: str, output_format: str) -> ShardCheck:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    """Delete a shard's file or folder; a symlink is removed itself, never what it points at."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
