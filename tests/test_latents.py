@@ -176,3 +176,29 @@ def test_cached_text_embeddings_stand_in_for_token_ids(tmp_path):
     assert all(s["token_ids"].shape == (77, 32) for s in cached)
     with pytest.raises(AssertionError, match="other settings"):
         encode(tmp_path / "img", out)  # the same folder without text: refused, not mixed
+
+
+@pytest.mark.timeout(400)
+def test_msrun_ranks_encode_their_own_shards(tmp_path):
+    from test_train_distributed import free_port, kill_tree
+
+    make_clean_dataset(tmp_path / "img", num_shards=4, per_shard=3)
+    out, logs = tmp_path / "lat", tmp_path / "logs"
+    env = dict(os.environ, GLOG_v="3", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    cmd = ["msrun", "--worker_num=2", "--local_worker_num=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", f"--log_dir={logs}", "--join=True", "--cluster_time_out=300",
+           str(EXAMPLES / "encode_latents.py"), "--data_path", str(tmp_path / "img"), "--output_dir", str(out),
+           "--model_config", "tiny", "--resolution", "32", "--batch_size", "2", "--mode", "pynative"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=360)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        pytest.fail("msrun encode did not finish in time")
+    worker_logs = [(logs / f"worker_{r}.log").read_text(errors="replace") for r in (0, 1)]
+    assert proc.returncode == 0, output[-2000:] + worker_logs[0][-2000:] + worker_logs[1][-2000:]
+    for rank, text in enumerate(worker_logs):
+        assert f"4 output shards, 2 for rank {rank} of 2" in text and "wrote 6 samples in 2 shards" in text
+    stats = (out / "part_1_stats.csv").read_text().splitlines()
+    assert stats[1:] == [f"part_1/{i:05d}.tar,3" for i in range(4)]
