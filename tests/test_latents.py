@@ -106,6 +106,16 @@ def test_the_loader_reads_latents_like_images(tmp_path):
     assert [s["key"] for s in image_epoch] == [s["key"] for s in latent_epoch]  # the same order, shuffled
     assert all(s["image"].shape == (8, 8, 8) and s["image"].dtype == np.float32 for s in latent_epoch)
     assert all((a["token_ids"] == b["token_ids"]).all() for a, b in zip(image_epoch, latent_epoch))
+    resumed = build_sample_stream("latents", out, fake_tokenizer, rank=0, world_size=2, start_step=2, **kw)
+    assert [s["key"] for s in resumed] == [s["key"] for s in latent_epoch][2 * kw["batch_size"]:]  # exact resume
+    uneven = dict(kw, batch_size=3)  # 20 samples over 2 ranks x 3: the uneven policy acts as for images
+    for policy in ("pad", "drop"):
+        got = [[s["key"] for s in build_sample_stream("latents", out, fake_tokenizer, rank=r, world_size=2,
+                                                      uneven=policy, **uneven)] for r in range(2)]
+        want = [[s["key"] for s in build_sample_stream(
+            "webdataset", tmp_path / "img", fake_tokenizer, rank=r, world_size=2, uneven=policy,
+            **{k: v for k, v in uneven.items() if k != "latent_shape"})] for r in range(2)]
+        assert got == want
     with pytest.raises(UserError, match="random_flip"):
         build_sample_stream("latents", out, fake_tokenizer, rank=0, world_size=1, random_flip=True, **kw)
     with pytest.raises(UserError, match="re-encode"):
