@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mindone.data.annotations import read_files_annotations, read_shard_list, resolve_annotation_files
@@ -236,3 +237,23 @@ def test_the_loader_counts_what_it_refused(tmp_path):
     keys = [s["key"] for s in stream]
     counts: Counter = stream.last_epoch_counts
     assert counts["outside_data_root"] == 1 and "escape" not in keys and len(keys) == 5
+
+
+def test_retries_stop_only_while_nothing_has_been_read(tmp_path, monkeypatch):
+    from mindone.data.annotations import ShardList
+    from mindone.data.webdataset_dataset import WebdatasetReader
+
+    monkeypatch.setattr("mindone.data.tar_stream.RETRY_DELAY_S", 0.0)
+    make_clean_dataset(tmp_path, num_shards=1, per_shard=2)
+    good = tmp_path / "part_1" / "00000.tar"
+    # Fails on its first run, works after: a transient object-store error.
+    flaky = f"pipe:test -e {tmp_path}/seen || {{ touch {tmp_path}/seen; exit 1; }}; cat {good}"
+    reader = WebdatasetReader(ShardList([str(good), flaky], np.asarray([2, 2])))
+    assert isinstance(list(reader.read(0, [0]))[0][1], RawSample)
+    assert isinstance(list(reader.read(1, [0]))[0][1], RawSample)  # retried: the source has worked before
+    (tmp_path / "seen").unlink()
+    suspect = WebdatasetReader(ShardList(["pipe:exit 1", flaky, str(good)], np.asarray([2, 2, 2])))
+    assert list(suspect.read(0, [0])) == [(0, "unreadable_shard")]
+    assert list(suspect.read(1, [0])) == [(0, "unreadable_shard")]  # nothing read yet: not retried
+    assert isinstance(list(suspect.read(2, [0]))[0][1], RawSample)
+    assert list(suspect.read(0, [1])) == [(1, "unreadable_shard")]  # remembered, not reopened

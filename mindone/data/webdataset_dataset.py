@@ -1,7 +1,8 @@
 """Reader for webdataset tar shards listed in ``part_<N>_stats.csv`` (local paths, URLs, ``pipe:``).
 
 A shard that could not be opened at all (after the source's retries) is remembered: later reads of it in
-the same worker come out ``unreadable_shard`` at once instead of paying the retries again. When the first
+the same worker come out ``unreadable_shard`` at once instead of paying the retries again, and until some
+shard has been read, further shards get no retries (a dead host costs one timeout per shard). When the first
 ``GIVE_UP_AFTER`` distinct shards a worker tries are all unreadable and nothing has been read yet, the
 source is taken to be wrong as a whole (a bad ``--shard_root``, missing credentials, a command that prints
 nothing) and :class:`~mindone.data.workers.NoUsableSample` ends the run, instead of trying every shard of
@@ -37,7 +38,10 @@ class WebdatasetReader:
         if shard in self.unreadable:
             yield from ((int(m), "unreadable_shard") for m in members)
             return
-        for member, item in read_samples(self.urls[shard], members, max_member_bytes=self.max_member_bytes):
+        # Once a shard has failed and none has ever been read, the source is suspect: no more retries.
+        retries = 0 if self.unreadable and not self.any_read else None
+        for member, item in read_samples(self.urls[shard], members, retries=retries,
+                                         max_member_bytes=self.max_member_bytes):
             if item == "unreadable_shard":
                 self._failed(shard)
             else:
