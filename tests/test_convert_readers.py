@@ -313,3 +313,20 @@ def test_safetensors_header_length_beyond_the_file_is_refused(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(struct.pack("<Q", 1 << 20) + b'{"w": {}}')
     with pytest.raises(UserError, match=r"cut\.safetensors: .*header length 1048576 exceeds the file \(17 bytes\)"):
         read_safetensors(tmp_path / "cut.safetensors")
+
+
+def test_a_stored_record_claiming_more_than_the_file_holds_is_refused(tmp_path):
+    import struct
+
+    write_torch_style_zip(tmp_path / "long.ckpt", {"w": _Tensor("0", 4, 0, (4,), (1,))}, {"0": np.ones(4)})
+    data = bytearray((tmp_path / "long.ckpt").read_bytes())
+    name = b"archive/data/0"
+    for signature, sizes_at in ((b"PK\x01\x02", 20), (b"PK\x03\x04", 18)):  # central and local header
+        header = data.find(signature)
+        while data[header + (46 if signature == b"PK\x01\x02" else 30):][: len(name)] != name:
+            header = data.find(signature, header + 4)
+        data[header + sizes_at: header + sizes_at + 8] = struct.pack("<II", 0x7FFFFFFF, 0x7FFFFFFF)
+    (tmp_path / "long.ckpt").write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"long\.ckpt: zip record archive/data/0 declares 2147483647 bytes, more than "
+                                        r"the file holds"):
+        read_torch_checkpoint(tmp_path / "long.ckpt")
