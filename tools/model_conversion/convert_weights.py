@@ -1,6 +1,6 @@
 """Convert Stable Diffusion 2.x weights to one checked file in the original layout (safetensors by default).
 
-    python tools/model_conversion/convert_weights.py --source v2-1_512-ema-pruned.ckpt   # -> v2-1_512-ema-pruned.safetensors
+    python tools/model_conversion/convert_weights.py --source v2-1_512-ema-pruned.ckpt  # -> <name>.safetensors
     python tools/model_conversion/convert_weights.py --source ./stable-diffusion-2-1-base --target sd21_base.safetensors
     python tools/model_conversion/convert_weights.py --source sd21_base.safetensors --target sd21_base.ckpt
 
