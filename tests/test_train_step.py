@@ -202,3 +202,35 @@ def test_adamw_update_matches_torch():
         loss.backward()
         topt.step()
     np.testing.assert_allclose(net.dense.weight.asnumpy(), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bucketed_global_norm_over_many_tensors():
+    """More tensors than one bucket holds: the norm covers every bucket, and the buckets cover every tensor."""
+    from mindone.train.train_step import _buckets
+
+    assert _buckets([1] * 130) == ((0, 64), (64, 128), (128, 130))
+    assert _buckets([5, 2**24, 3, 4], max_elements=2**24) == ((0, 1), (1, 2), (2, 4))
+
+    class Many(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            rng = np.random.default_rng(4)
+            self.ws = ms.ParameterTuple([ms.Parameter(Tensor(rng.normal(size=(2,)).astype(np.float32)), name=f"p{i}")
+                                         for i in range(70)])
+
+        def construct(self, x):
+            total = ops.zeros((), ms.float32)
+            for i, w in enumerate(self.ws):
+                total = total + ops.sum(w * x) * (i + 1)
+            return total
+
+    net = Many()
+    x = np.array([0.5, -2.0], np.float32)
+    expected = np.linalg.norm([x * (i + 1) for i in range(70)])  # d loss / d w_i = x * (i + 1)
+    before = [w.asnumpy().copy() for w in net.ws]
+    step = TrainStep(net, nn.SGD(net.trainable_params(), learning_rate=1.0), LossScaler(init_scale=8.0),
+                     max_grad_norm=1.0)
+    out = step(Tensor(x))
+    assert out.grad_norm == pytest.approx(expected, rel=1e-5)
+    moved = np.concatenate([b - w.asnumpy() for b, w in zip(before, net.ws)])
+    np.testing.assert_allclose(np.linalg.norm(moved), 1.0, rtol=1e-4)  # clipped to the max norm, unscaled

@@ -57,14 +57,14 @@ def build_optimizer(
     beta1: float = 0.9,
     beta2: float = 0.999,
 ) -> nn.Optimizer:
-    """AdamW (decoupled weight decay on every parameter, as diffusers' scripts): mindcv's, with a fused update."""
+    """AdamW (decoupled weight decay on every parameter, as diffusers' scripts): mindcv's, one fused kernel a tensor."""
     from mindcv.optim.optim_factory import init_group_params
 
     params = [p for p in params if p.requires_grad]
     if not params:
         raise UserError("nothing to train: every parameter is frozen (check --use_lora / --train_text_encoder)")
-    # what mindcv.optim.create_optimizer(opt="adamw", weight_decay_filter="disable") builds, as FlatAdamW
-    return _flat_adamw_class()(
+    # what mindcv.optim.create_optimizer(opt="adamw", weight_decay_filter="disable") builds, as FusedAdamW
+    return _fused_adamw_class()(
         init_group_params(params, weight_decay, "disable", []),
         learning_rate=list(lr_schedule),
         weight_decay=weight_decay,
@@ -73,108 +73,75 @@ def build_optimizer(
     )
 
 
-_FLAT_ADAMW = None
+_FUSED_ADAMW = None
 
 
-def _flat_adamw_class():
-    """mindcv's AdamW with the update run on concatenated parameters (defined lazily: MindSpore loads late).
+def _fused_adamw_class():
+    """mindcv's AdamW with each parameter's update as one fused kernel (defined lazily: MindSpore loads late).
 
-    mindcv's ``AdamW`` updates each parameter with ~15 small kernels; with hundreds of parameters the
-    step is dominated by per-kernel launch cost (tiny UNet on CPU: 494 tensors, ~7,400 kernels, ~110 ms
-    of which ~40 ms is compute). This subclass concatenates parameters, moments and gradients into
-    buckets of at most ``bucket_elements`` values, applies mindcv's exact element-wise update to each
-    bucket and assigns the pieces back. The arithmetic per element is the same sequence of float32
-    operations, so results are bit-identical; the parameters, moments (``adam_m.*`` / ``adam_v.*``),
-    beta powers and step counter are mindcv's own, so checkpoints are unchanged. Configurations the
-    flat path does not cover (per-group lr, mixed weight decay, ``clip``, parallel optimizer, non-float32
+    mindcv's ``AdamW`` updates each parameter with ~15 small kernels; with hundreds of parameters the step
+    is dominated by per-kernel launch cost (tiny UNet on CPU: 494 tensors, ~7,400 kernels). This subclass
+    runs MindSpore's ``AdamWeightDecay`` primitive (CPU, GPU and Ascend), which updates the weight and both
+    moments in place in one kernel per parameter. That primitive has no bias correction, so it is folded
+    into its scalar inputs once per step (``c1 = 1 - beta1^t``, ``c2 = 1 - beta2^t``)::
+
+        lr' = lr * sqrt(c2) / c1,   eps' = eps * sqrt(c2),   decay' = decay * c1 / sqrt(c2)
+
+    which is torch's / mindcv's AdamW, ``w -= lr * (m / c1 / (sqrt(v / c2) + eps) + decay * w)``, regrouped
+    (float32 rounding differs in the last bits). The parameters, moments (``adam_m.*`` / ``adam_v.*``), beta
+    powers and step counter are mindcv's own, so checkpoints are unchanged. Configurations the fused path
+    does not cover (per-group lr, mixed weight decay, ``clip``, a loss scale, parallel optimizer, non-float32
     parameters) run mindcv's own ``construct``.
     """
-    global _FLAT_ADAMW
-    if _FLAT_ADAMW is not None:
-        return _FLAT_ADAMW
+    global _FUSED_ADAMW
+    if _FUSED_ADAMW is not None:
+        return _FUSED_ADAMW
     import mindspore as ms
     from mindcv.optim.adamw import AdamW
     from mindspore import ops
-    from mindspore.ops.auto_generate.gen_ops_prim import SplitWithSize
 
-    one = ms.Tensor(1, ms.int32)
-    flatten = ops.MultitypeFuncGraph("flatten")
-    assign_flat = ops.MultitypeFuncGraph("assign_flat")
+    fused_update = ops.MultitypeFuncGraph("fused_adamw_update")
+    kernel = ops.AdamWeightDecay()
 
-    @flatten.register("Tensor")
-    def _flatten(x):
-        return x.reshape(-1)
+    @fused_update.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                           "Tensor")
+    def _fused_update(lr, beta1, beta2, eps, decay, param, m, v, gradient):
+        return kernel(param, m, v, lr, beta1, beta2, eps, decay, gradient)
 
-    @assign_flat.register("Tensor", "Tensor")
-    def _assign_flat(param, flat):
-        return ops.assign(param, flat.reshape(param.shape))
-
-    class FlatAdamW(AdamW):
-        def __init__(self, *args, bucket_elements: int = 2**24, bucket_tensors: int = 64, **kwargs):
+    class FusedAdamW(AdamW):
+        def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            params = list(self.parameters)
             decays = [float(w) for w in getattr(self, "group_weight_decay", [])]
-            self.flat = (
+            self.fused = (
                 self.is_group and not self.is_group_lr and not self.clip and not self.use_parallel
                 and all(self.optim_filter) and len(set(self.decay_flags)) == 1 and len(set(decays)) == 1
-                and all(p.dtype == ms.float32 for p in params)
+                and float(self.loss_scale) == 1.0 and all(p.dtype == ms.float32 for p in self.parameters)
             )
-            self.flat_decay = bool(self.decay_flags[0]) if self.flat else False
-            # contiguous [start, end) ranges of at most bucket_elements values and bucket_tensors tensors (a
-            # SplitWithSize of many more sections exceeds MindSpore's graph call-depth limit when compiled)
-            bounds, start, size = [], 0, 0
-            for i, p in enumerate(params):
-                if i > start and (size + p.size > bucket_elements or i - start == bucket_tensors):
-                    bounds.append((start, i))
-                    start, size = i, 0
-                size += p.size
-            bounds.append((start, len(params)))
-            self.bounds = tuple(bounds)
-            self.bucket_sizes = tuple(tuple(int(p.size) for p in params[a:b]) for a, b in bounds)
-            self.split = SplitWithSize()
+            self.fused_decay = bool(self.decay_flags[0]) if self.fused else False
 
         def construct(self, gradients):
-            if not self.flat:
+            if not self.fused:
                 return super().construct(gradients)
             lr = self.get_lr()
             beta1_power = self.beta1_power * self.beta1
             self.beta1_power = beta1_power
             beta2_power = self.beta2_power * self.beta2
             self.beta2_power = beta2_power
-            weight_decay = self.weight_decay[0]
-            params = self.hyper_map(flatten, self.parameters)
-            moments1 = self.hyper_map(flatten, self.moments1)
-            moments2 = self.hyper_map(flatten, self.moments2)
-            gradients = self.hyper_map(flatten, gradients)
-            new_params, new_m, new_v = (), (), ()
-            for b in range(len(self.bounds)):
-                lo, hi = self.bounds[b]
-                param = ops.concat(params[lo:hi])
-                m = ops.concat(moments1[lo:hi])
-                v = ops.concat(moments2[lo:hi])
-                gradient = ops.concat(gradients[lo:hi])
-                # mindcv: scale_grad(gradients, reciprocal_scale), then _update_run_op, element for element
-                gradient = ops.mul(gradient, ops.cast(self.reciprocal_scale, gradient.dtype))
-                next_m = ops.mul(self.beta1, m) + ops.mul(
-                    ops.cast(ops.tuple_to_array((1.0,)), ms.float32) - self.beta1, gradient)
-                next_v = ops.mul(self.beta2, v) + ops.mul(
-                    ops.cast(ops.tuple_to_array((1.0,)), ms.float32) - self.beta2, ops.square(gradient))
-                regulate_m = next_m / (one - beta1_power)
-                regulate_v = next_v / (one - beta2_power)
-                update = regulate_m / (self.eps + ops.sqrt(regulate_v))
-                if self.flat_decay:
-                    update = ops.mul(weight_decay, param) + update
-                next_param = param - ops.mul(lr, update)
-                sizes = self.bucket_sizes[b]
-                new_params = new_params + self.split(next_param, sizes, 0)
-                new_m = new_m + self.split(next_m, sizes, 0)
-                new_v = new_v + self.split(next_v, sizes, 0)
-            done = self.hyper_map(assign_flat, self.parameters, new_params)
-            done = ops.depend(done, self.hyper_map(assign_flat, self.moments1, new_m))
-            return ops.depend(done, self.hyper_map(assign_flat, self.moments2, new_v))
+            c1 = 1.0 - beta1_power
+            root_c2 = ops.sqrt(1.0 - beta2_power)
+            step_lr = (lr * root_c2 / c1).reshape(())
+            eps = (self.eps * root_c2).reshape(())
+            if self.fused_decay:
+                decay = (self.weight_decay[0] * c1 / root_c2).reshape(())
+            else:
+                decay = ops.zeros((), ms.float32)
+            return self.hyper_map(
+                ops.partial(fused_update, step_lr, self.beta1.reshape(()), self.beta2.reshape(()),
+                            eps, decay),
+                self.parameters, self.moments1, self.moments2, gradients)
 
-    _FLAT_ADAMW = FlatAdamW
-    return FlatAdamW
+    _FUSED_ADAMW = FusedAdamW
+    return FusedAdamW
 
 
 def scaled_learning_rate(

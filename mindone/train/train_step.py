@@ -5,9 +5,12 @@ Compiles in GRAPH_MODE (what Ascend runs) and runs in PYNATIVE. One optimizer st
 add the gradients to a buffer); the last runs :class:`_ApplyCell`, which adds its own gradients, then
 
 1. mean-reduces the summed gradients across data-parallel ranks (once per optimizer step, not per call),
-2. divides by the loss scale and the number of accumulated calls,
-3. checks every gradient is finite (after the reduction, so all ranks agree on the verdict),
-4. clips to ``max_grad_norm`` (global L2 norm, as ``torch.nn.utils.clip_grad_norm_``),
+2. computes the global L2 norm of the gradients divided by the loss scale and the number of accumulated
+   calls (the gradients are concatenated into a few flat buckets for it: a handful of kernels, not ~3 per
+   tensor; the sum of squares is therefore ordered by bucket, not by tensor),
+3. checks every gradient is finite through that norm (after the reduction, so all ranks agree),
+4. multiplies each gradient once by ``unscale * clip`` (clipping to ``max_grad_norm`` as
+   ``torch.nn.utils.clip_grad_norm_``: ``min(1, max_norm / (norm + 1e-6))``),
 5. updates the loss scale (overflow: divide by ``factor``; ``window`` clean steps in a row: multiply),
 6. when finite: applies the optimizer and then the EMA; on overflow the weights, the optimizer state
    (moments, lr position) and the EMA stay untouched: the step is skipped.
@@ -25,16 +28,29 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-_square_sum = ops.MultitypeFuncGraph("square_sum")
+_flatten = ops.MultitypeFuncGraph("flatten")
 _scale = ops.MultitypeFuncGraph("scale")
 _add_assign = ops.MultitypeFuncGraph("add_assign")
 _add = ops.MultitypeFuncGraph("add")
 _zero_assign = ops.MultitypeFuncGraph("zero_assign")
 
 
-@_square_sum.register("Tensor")
-def _square_sum_tensor(grad):
-    return ops.sum(ops.square(ops.cast(grad, ms.float32)))
+@_flatten.register("Tensor")
+def _flatten_tensor(grad):
+    return ops.cast(grad, ms.float32).reshape(-1)
+
+
+def _buckets(sizes: list[int], max_tensors: int = 64, max_elements: int = 2**24) -> tuple[tuple[int, int], ...]:
+    """Contiguous [start, end) ranges of at most ``max_tensors`` tensors and ``max_elements`` values (a bigger
+    tensor gets its own range): bounds the extra memory of a concatenated bucket, and a concat of many more
+    inputs compiles slowly."""
+    bounds, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (total + size > max_elements or i - start == max_tensors):
+            bounds.append((start, i))
+            start, total = i, 0
+        total += size
+    return tuple(bounds + [(start, len(sizes))])
 
 
 @_scale.register("Tensor", "Tensor")
@@ -161,7 +177,16 @@ class _ApplyCell(nn.Cell):
         self.reducer = _grad_reducer(optimizer.parameters)
         self.ema = ema
         self.hyper_map = ops.HyperMap()
-        self.addn = ops.AddN()
+        self.buckets = _buckets([p.size for p in optimizer.parameters])
+
+    def global_norm(self, grads, unscale: Tensor) -> Tensor:
+        """L2 norm of all ``grads * unscale`` together, computed on flat buckets of the gradients."""
+        flat = self.hyper_map(_flatten, grads)
+        total = ops.zeros((), ms.float32)
+        for lo, hi in self.buckets:
+            bucket = ops.concat(flat[lo:hi]) * unscale
+            total = total + ops.sum(ops.square(bucket))
+        return ops.sqrt(total)
 
     def construct(self, *inputs):
         loss, grads = self.grad_cell(*inputs)
@@ -172,12 +197,12 @@ class _ApplyCell(nn.Cell):
             grads = ops.depend(grads, cleared)
         if self.reducer is not None:
             grads = self.reducer(grads)
-        grads = self.hyper_map(ops.partial(_scale, 1.0 / (scale * self.accum)), grads)
-        norm = ops.sqrt(self.addn(self.hyper_map(_square_sum, grads)))
+        unscale = 1.0 / (scale * self.accum)
+        norm = self.global_norm(grads, unscale)
         finite = ops.isfinite(norm)
         if self.clip:
-            coef = ops.minimum(self.max_norm / (norm + 1e-6), ops.ones_like(norm))
-            grads = self.hyper_map(ops.partial(_scale, coef), grads)
+            unscale = unscale * ops.minimum(self.max_norm / (norm + 1e-6), ops.ones_like(norm))
+        grads = self.hyper_map(ops.partial(_scale, unscale), grads)
         finite = self.scaler.adjust(finite)
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))
