@@ -57,8 +57,8 @@ def test_images_grid_and_seeding(run, tmp_path):
     assert first.size == (32, 32) and first.mode == "RGB"  # the tiny config's image_size
     assert "a red cube on a table" in first.text["parameters"] and "Seed: 7" in first.text["parameters"]
     grid = _pixels(out / "grid-0000.png")
-    assert grid.shape == (32, 64, 3)  # one row, n_samples columns
-    np.testing.assert_array_equal(grid[:, 32:], _pixels(samples / "00001.png"))
+    assert grid.shape[1] == 2 * (128 + 4) + 4  # one row, n_samples columns of 32 px images enlarged 4x, 4 px gaps
+    np.testing.assert_array_equal(grid[4:132:4, 136:264:4], _pixels(samples / "00001.png"))
     assert not np.array_equal(_pixels(samples / "00000.png"), _pixels(samples / "00001.png"))
 
     # Same seed again: numbering continues, pixels are identical.
@@ -93,7 +93,8 @@ def test_prompt_file_and_size_flags(run, tmp_path):
     files = sorted((out / "samples").iterdir())
     assert [p.name for p in files] == ["00000.png", "00001.png"]
     assert Image.open(files[1]).size == (48, 16) and "a dog\n" in Image.open(files[1]).text["parameters"]
-    assert _pixels(out / "grid-0000.png").shape == (16, 96, 3)  # 1 sample per prompt: ceil(sqrt(2)) = 2 columns
+    # 1 sample per prompt: ceil(sqrt(2)) = 2 columns of 48 px wide images enlarged 3x, 4 px gaps
+    assert _pixels(out / "grid-0000.png").shape[1] == 2 * (144 + 4) + 4
 
 
 @pytest.mark.parametrize("args, message", [

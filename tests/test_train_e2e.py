@@ -127,7 +127,7 @@ def test_overfit_checkpoints_and_validation_grid(run_a):
     kept = sorted(p.name for p in (run_a / "checkpoints").iterdir())
     assert kept == ["checkpoint-20", "checkpoint-30", "checkpoint-40"]  # total limit 3, oldest pruned
     grid = np.asarray(Image.open(run_a / "samples" / "step_0000040.png"))
-    assert grid.shape == (16, 32, 3)  # two 16 px samples side by side
+    assert grid.shape[1] == 2 * (128 + 4) + 4  # two 16 px samples side by side, enlarged 8x, 4 px gaps
     assert (run_a / "samples" / "step_0000020.png").is_file()
     assert grid.std() > 0  # an image, not a blank
 

@@ -5,8 +5,9 @@
 
 Each image is written as ``<output_dir>/samples/<NNNNN>.png`` (numbering continues after earlier runs;
 the prompt, seed and sampler settings are stored in the PNG's ``parameters`` text chunk), and all images of
-the run as ``<output_dir>/grid-<NNNN>.png``, one row per prompt. Every prompt starts from the same seed, so
-image j of each prompt starts from the same latents, which makes prompts easy to compare.
+the run as ``<output_dir>/grid-<NNNN>.png``, one row per prompt, each image enlarged to at least 128 px
+(nearest-neighbour) with its prompt, seed and sample number written under it. Every prompt starts from
+the same seed, so image j of each prompt starts from the same latents, which makes prompts easy to compare.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from mindone.utils.atomic import remove_stale_temps
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
-from mindone.utils.images import image_grid, save_png
+from mindone.utils.images import labelled_grid, save_png
 
 logger = logging.getLogger("text_to_image")
 
@@ -206,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 len(prompts), args.n_samples, width, height, args.sampler, args.steps, args.guidance_scale,
                 args.seed, samples_dir)
     grid_images: list[np.ndarray] = []
+    grid_labels: list[str] = []
     for number, prompt in enumerate(prompts, 1):
         logger.info("prompt %d/%d: %s", number, len(prompts), prompt)
         images = pipeline(prompt, negative_prompts=args.negative_prompt, sampler=args.sampler, steps=args.steps,
@@ -221,12 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("wrote %s", target)
             index += 1
         if not args.skip_grid and len(grid_images) < GRID_MAX_IMAGES:
-            grid_images.extend(images[: GRID_MAX_IMAGES - len(grid_images)])
+            kept = images[: GRID_MAX_IMAGES - len(grid_images)]
+            grid_images.extend(kept)
+            grid_labels.extend(f"{prompt} (seed {args.seed}, #{sample})" for sample in range(len(kept)))
     if grid_images:
         # One row per prompt; a single sample per prompt gives a square-ish grid instead of a column.
         columns = args.n_samples if args.n_samples > 1 else math.ceil(math.sqrt(len(grid_images)))
         grid_path = output_dir / f"grid-{next_grid_index(output_dir):04d}.png"
-        save_png(image_grid(np.stack(grid_images), columns), grid_path)
+        save_png(labelled_grid(np.stack(grid_images), grid_labels, columns), grid_path)
         logger.info("wrote grid %s", grid_path)
     return 0
 

@@ -1,4 +1,5 @@
-"""Validation samples during training: the prompts, sampled with the EMA weights, saved as a PNG grid."""
+"""Validation samples during training: the prompts, sampled with the EMA weights, saved as a PNG grid
+(each image enlarged to at least 128 px with its prompt under it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from mindone.utils.images import image_grid, save_png
+from mindone.utils.images import labelled_grid, save_png
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,6 @@ class Validator:
         with swap:
             images = self.pipe(self.prompts, sampler="ddim", steps=self.num_inference_steps,
                                guidance_scale=self.guidance_scale, seed=self.seed, progress=False)
-        path = save_png(image_grid(images), self.output_dir / "samples" / f"step_{step:07d}.png")
+        path = save_png(labelled_grid(images, self.prompts), self.output_dir / "samples" / f"step_{step:07d}.png")
         logger.info("validation samples of %d prompt(s) at step %d: %s", len(self.prompts), step, path)
         return path
