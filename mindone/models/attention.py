@@ -13,6 +13,11 @@ from mindspore import Tensor, nn, ops
 from mindone.models.flash_attention import flash_attention
 from mindone.models.layers import linear
 
+# BatchMatMul primitives with transpose flags: their gradients are BatchMatMuls with flags too, where the
+# generic ops.matmul's gradient adds Transpose kernels (and k^T would otherwise be a Transpose of its own)
+_bmm = ops.BatchMatMul()
+_bmm_nt = ops.BatchMatMul(transpose_b=True)
+
 
 def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, mask: Tensor | None = None,
               use_flash: bool = False) -> Tensor:
@@ -28,13 +33,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, mask: Tensor | No
     d = c // num_heads
     scale = float(d) ** -0.5
     qh = q.astype(ms.float32).reshape(b, nq, num_heads, d).transpose(0, 2, 1, 3)
-    kh = k.astype(ms.float32).reshape(b, nk, num_heads, d).transpose(0, 2, 3, 1)
+    kh = k.astype(ms.float32).reshape(b, nk, num_heads, d).transpose(0, 2, 1, 3)
     vh = v.reshape(b, nk, num_heads, d).transpose(0, 2, 1, 3)
-    scores = ops.matmul(qh * scale, kh)
+    scores = _bmm_nt(qh * scale, kh)
     if mask is not None:
         scores = scores + mask
     probs = ops.softmax(scores, axis=-1).astype(v.dtype)
-    out = ops.matmul(probs, vh)
+    out = _bmm(probs, vh)
     return out.transpose(0, 2, 1, 3).reshape(b, nq, c)
 
 

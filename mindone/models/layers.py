@@ -66,6 +66,7 @@ def linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Dense:
     return nn.Dense(in_dim, out_dim, has_bias=bias)
 
 
+_bmm = ops.BatchMatMul()  # its gradient uses transpose flags; ops.matmul's adds a Transpose of the unfolded input
 IM2COL_MAX_ELEMENTS = 1 << 25  # 128 MiB of float32 unfolded input per unfold call (shapes are static in graphs)
 
 
@@ -104,10 +105,10 @@ class Conv2d(nn.Conv2d):
         ho = (h + 2 * ph - kh) // sh + 1
         wo = (w + 2 * pw - kw) // sw + 1
         per_row = b * c * kh * kw * wo  # unfolded elements per output row
-        weight = self.weight.reshape(self.out_channels, -1)
+        weight = ops.broadcast_to(self.weight.reshape(1, self.out_channels, -1), (b, self.out_channels, c * kh * kw))
         if per_row * ho <= IM2COL_MAX_ELEMENTS:
             cols = ops.unfold(x, self.kernel_size, 1, self.pad_hw, self.stride)  # [B, C*kh*kw, ho*wo], (c, i, j)
-            out = ops.matmul(weight, cols)
+            out = _bmm(weight, cols)
             return self.bias_add(out.reshape(b, self.out_channels, ho, wo), self.bias)
         max_rows = IM2COL_MAX_ELEMENTS // per_row
         if max_rows < 1:
@@ -120,7 +121,7 @@ class Conv2d(nn.Conv2d):
             n = min(rows, ho - r0)
             band = x[:, :, r0 * sh:(r0 + n - 1) * sh + kh, :]
             cols = ops.unfold(band, self.kernel_size, 1, (0, pw), self.stride)  # W padded by unfold
-            outs.append(ops.matmul(weight, cols).reshape(b, self.out_channels, n, wo))
+            outs.append(_bmm(weight, cols).reshape(b, self.out_channels, n, wo))
         return self.bias_add(ops.cat(outs, axis=2), self.bias)
 
 
