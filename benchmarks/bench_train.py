@@ -9,13 +9,17 @@ torch.optim.AdamW, clip_grad_norm_); MindSpore runs mindone.train.TrainStep over
 the step's noise drawn on the host as the training script does. Each framework runs in its own process
 with the same thread count, in ``--rounds`` alternating rounds; the median step of the best round counts.
 
+``--config wide`` is a compute-bound variant of the same model for the same comparison: 64 px images
+(16x16 latents), UNet width 64 (head width 16), text width 64, batch 16 by default; its arithmetic per
+kernel is ~8-16x the tiny config's, so per-kernel launch costs matter far less.
+
 ``--full`` instead times one full-size SD 2.x-base training step at 256 px (batch 1, seeded random weights,
 the same TrainStep including the frozen VAE and text encodes) in MindSpore GRAPH_MODE or PYNATIVE and
 reports build, first-step (compile + run) and second-step times, peak memory (RSS) and the losses; it stops
 itself above ``--max-rss-gb``. It uses a stateless SGD so that the measurement fits a shared 24 GiB machine;
 AdamW adds two float32 moments per UNet weight (+6.9 GB).
 
-    .venv/bin/python benchmarks/bench_train.py [--batch 8] [--steps 20] [--threads 1] [--rounds 2]
+    .venv/bin/python benchmarks/bench_train.py [--config tiny|wide] [--batch 8] [--steps 20] [--threads 1] [--rounds 2]
     .venv/bin/python benchmarks/bench_train.py --full [--resolution 256] [--mode graph|pynative]
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -38,7 +43,9 @@ sys.path.insert(0, str(REPO))
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=8, help="images per step (default: %(default)s)")
+    parser.add_argument("--config", choices=tuple(BENCH_CONFIGS), default="tiny",
+                        help="model size and resolution (default: %(default)s)")
+    parser.add_argument("--batch", type=int, help="images per step (default: 8 for tiny, 16 for wide)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per framework (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, incl. compile (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each framework (default: %(default)s)")
@@ -55,6 +62,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--worker", choices=("torch", "mindspore"), help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     return parser.parse_args()
+
+
+# name -> (changes to configs/model/tiny.yaml, image size, default batch)
+BENCH_CONFIGS = {
+    "tiny": ({}, 32, 8),
+    "wide": ({"unet": {"model_channels": 64, "num_head_channels": 16, "context_dim": 64},
+              "text_encoder": {"width": 64}}, 64, 16),
+}
+
+
+def bench_config(name: str) -> tuple[dict, int]:
+    """(model config dict, image size) of a ``--config`` name."""
+    from mindone.models.config import load_model_config
+
+    cfg = load_model_config("tiny")
+    changes, size, _ = BENCH_CONFIGS[name]
+    for part, values in changes.items():
+        cfg["model"][part].update(values)
+    cfg["image_size"] = size
+    return cfg, size
 
 
 def batch_inputs(batch: int, size: int) -> dict[str, np.ndarray]:
@@ -78,7 +105,8 @@ def time_steps(step, warmup: int, steps: int) -> tuple[float, float]:
     return first, float(np.median(times))
 
 
-def bench_torch(weights: str, data: dict, warmup: int, steps: int, threads: int) -> tuple[float, float, float]:
+def bench_torch(weights: str, data: dict, warmup: int, steps: int, threads: int,
+                config: str = "tiny") -> tuple[float, float, float]:  # the config is in the saved weights
     import diffusers
     import torch
     import transformers
@@ -140,17 +168,18 @@ def freeze_all_but_unet(model) -> None:
         param.requires_grad = name.startswith("model.diffusion_model.")
 
 
-def bench_mindspore(weights: str, data: dict, warmup: int, steps: int, threads: int) -> tuple[float, float, float]:
+def bench_mindspore(weights: str, data: dict, warmup: int, steps: int, threads: int,
+                    config: str = "tiny") -> tuple[float, float, float]:
     import mindspore as ms
 
     from mindone.convert import load_sd_weights
-    from mindone.models.config import build_model, load_model_config
+    from mindone.models.config import build_model
     from mindone.train.loss import latent_shape
     from mindone.train.optim import build_optimizer
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.device_context.cpu.op_tuning.threads_num(threads)
-    cfg = load_model_config("tiny")
+    cfg, _ = bench_config(config)
     model = build_model(cfg)
     load_sd_weights(model, weights)
     freeze_all_but_unet(model)
@@ -205,8 +234,6 @@ class RssWatch:
             return int(f.read().split()[1]) * resource.getpagesize() / 1e9
 
     def _run(self) -> None:
-        import os
-
         while True:
             rss = self.rss_gb()
             self.peak = max(self.peak, rss)
@@ -224,7 +251,6 @@ class RssWatch:
 def bench_full(resolution: int, mode: str, jit_level: str | None, memory_optimize: str | None,
                max_rss_gb: float) -> None:
     """One full-size SD 2.x-base training step (VAE encode + text encode + UNet fwd/bwd + clip + SGD)."""
-    import os
 
     import mindspore as ms
     from mindspore.nn.utils import no_init_parameters
@@ -278,14 +304,15 @@ def bench_full(resolution: int, mode: str, jit_level: str | None, memory_optimiz
 
 
 def run_worker(args: argparse.Namespace) -> None:
-    data = batch_inputs(args.batch, 32)
+    data = batch_inputs(args.batch, bench_config(args.config)[1])
     bench = bench_torch if args.worker == "torch" else bench_mindspore
-    result = bench(args.weights, data, args.warmup, args.steps, args.threads)
+    result = bench(args.weights, data, args.warmup, args.steps, args.threads, config=args.config)
     print("RESULT " + json.dumps(dict(zip(("first", "step", "loss"), result))))
 
 
 def spawn(args: argparse.Namespace, worker: str, weights: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", worker, "--weights", weights, "--batch", str(args.batch),
+    cmd = [sys.executable, __file__, "--worker", worker, "--weights", weights, "--config", args.config,
+           "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -296,6 +323,8 @@ def spawn(args: argparse.Namespace, worker: str, weights: str) -> dict:
 
 def main() -> None:
     args = parse_args()
+    if args.batch is None:
+        args.batch = BENCH_CONFIGS[args.config][2]
     if args.worker:
         run_worker(args)
         return
@@ -303,9 +332,9 @@ def main() -> None:
         bench_full(args.resolution, args.mode, args.jit_level, args.memory_optimize, args.max_rss_gb)
         return
     from mindone.convert.diffusers_reference import build_reference_models
-    from mindone.models.config import load_model_config
 
-    unet_ref, vae_ref, text_ref = build_reference_models(load_model_config("tiny"))
+    cfg, size = bench_config(args.config)
+    unet_ref, vae_ref, text_ref = build_reference_models(cfg)
     with tempfile.TemporaryDirectory() as folder:
         for name, module in (("unet", unet_ref), ("vae", vae_ref), ("text_encoder", text_ref)):
             module.save_pretrained(Path(folder) / name)
@@ -314,9 +343,9 @@ def main() -> None:
             for worker in rounds:
                 rounds[worker].append(spawn(args, worker, folder))
     results = {worker: min(runs, key=lambda r: r["step"]) for worker, runs in rounds.items()}
-    print(f"SD training step (VAE encode + text encode + UNet fwd/bwd + clip + AdamW), tiny config, "
-          f"batch {args.batch} x 32 px, {args.threads} thread(s), best of {args.rounds} rounds of "
-          f"{args.steps} steps (median), CPU")
+    print(f"SD training step (VAE encode + text encode + UNet fwd/bwd + clip + AdamW), {args.config} config, "
+          f"batch {args.batch} x {size} px, {args.threads} thread(s), best of {args.rounds} rounds of "
+          f"{args.steps} steps (median), CPU, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'':30s}{'images/s':>10s}{'ms/step':>10s}{'first step s':>14s}{'last loss':>12s}")
     for worker, label in (("torch", "diffusers/torch (eager)"), ("mindspore", "mindone MindSpore GRAPH_MODE")):
         r = results[worker]
