@@ -22,6 +22,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 TUTORIAL = REPO / "examples" / "stable_diffusion_v2" / "README.md"
+# The demo's recipe, reduced: fewer rows, autoencoder and UNet steps (the full run's score is in docs/benchmarks.md).
+REDUCED = ["--rows", "150", "--vae_steps", "300", "--train_steps", "250", "--sample_steps", "10"]
 SMALLER = {"--max_train_steps 60": "--max_train_steps 4", "--checkpointing_steps 20": "--checkpointing_steps 2",
            "--max_train_steps 40": "--max_train_steps 3", "--steps 20": "--steps 2", "--n_samples 4": "--n_samples 2"}
 
@@ -35,8 +37,7 @@ def demo_env() -> dict[str, str]:
 
 def run_demo(out: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "demo" / "run_demo.py"), "--output_dir", str(out), "--rows", "60",
-         "--vae_steps", "4", "--train_steps", "6", "--sample_steps", "2"],
+        [sys.executable, str(REPO / "examples" / "demo" / "run_demo.py"), "--output_dir", str(out), *REDUCED],
         cwd=REPO, env=demo_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -65,12 +66,12 @@ def demo(tmp_path_factory):
 @pytest.mark.timeout(900)
 def test_demo_runs_every_stage_and_ends_in_images(demo):
     root, out, proc = demo
-    for stage in range(1, 10):
-        assert f"[{stage}/9]" in proc.stdout and "finished in" in proc.stdout
+    for stage in range(1, 11):
+        assert f"[{stage}/10]" in proc.stdout and "finished in" in proc.stdout
     report = json.loads((out / "metadata_filtered" / "filter_report.json").read_text())
-    assert report["rows_in"] == 60 and report["rows_out"] == 36  # 4 rows in 10 fail one seed-001 condition
+    assert report["rows_in"] == 150 and report["rows_out"] == 90  # 4 rows in 10 fail one seed-001 condition
     stats = (out / "image_text_data" / "part_1_stats.csv").read_text().splitlines()
-    assert stats[0] == "file_path,num_samples" and sum(int(r.split(",")[1]) for r in stats[1:]) == 36
+    assert stats[0] == "file_path,num_samples" and sum(int(r.split(",")[1]) for r in stats[1:]) == 90
     loss_rows = (out / "train" / "metrics.csv").read_text().splitlines()
     assert len(loss_rows) >= 2 and (out / "train" / "model.ckpt").is_file()
     # The UNet run started from the autoencoder run's weights, and its config says so.
@@ -80,6 +81,13 @@ def test_demo_runs_every_stage_and_ends_in_images(demo):
     assert yaml.safe_load((out / "vae" / "config.yaml").read_text())["train_target"] == "vae"
     grid = np.asarray(Image.open(out / "samples" / "grid-0000.png"))
     assert grid.ndim == 3 and grid.std() > 0
+    assert grid.shape[1] >= 3 * 128 and grid.shape[0] >= 4 * 128  # 4 prompts x 3 seeds, enlarged, captioned
+    # The score stage sampled 16 other prompts x 2 and scored them: even the reduced recipe follows its
+    # prompts' colours well above chance (1/8; 8 or more right of 32 by chance: p < 0.1 each).
+    score = json.loads((out / "prompt_score.json").read_text())
+    assert score["images"] == 32 and len(score["per_image"]) == 32
+    assert score["centre_colour"] >= 0.25 and score["border_colour"] >= 0.25, {k: score[k] for k in score if k != "per_image"}
+    assert "centre colour" in proc.stdout and (out / "score_grid.png").is_file()
     assert Image.open(out / "loss_curve.png").size[0] > 300
     assert str(out / "samples" / "grid-0000.png") in proc.stdout  # the summary says where everything is
 
@@ -90,7 +98,7 @@ def test_second_demo_run_reuses_every_stage(demo):
     root, out, _ = demo
     before = (out / "train" / "model.ckpt").stat().st_mtime_ns
     proc = run_demo(out)
-    assert proc.stdout.count("done in an earlier run, reused") == 9
+    assert proc.stdout.count("done in an earlier run, reused") == 10
     assert (out / "train" / "model.ckpt").stat().st_mtime_ns == before
 
 

@@ -12,10 +12,13 @@ Stages (each skipped when its output from an earlier run is complete, so a secon
   7. vae        train the tiny model's autoencoder from scratch   (train_text_to_image.py --train_target vae)
   8. train      train the tiny SD 2.x UNet on top of it           (train_text_to_image.py)
   9. sample     generate images from prompts                      (text_to_image.py)
- 10. report     loss-curve PNG, sample grid PNG, where everything is
+ 10. score      sample 16 other prompts x 2 and score what the images show (prompt_score.py)
+ 11. report     loss-curve PNG, sample grid PNG, where everything is
 
 The tiny model starts from random weights, and SD training keeps the VAE frozen: with a random VAE every
 latent would decode to noise, so the demo trains the autoencoder first (real SD runs load the released one).
+The UNet recipe (UNET_RECIPE) is what makes the model follow its prompts in a few minutes on CPU: see
+"What the demo's model can do" in examples/stable_diffusion_v2/README.md.
 """
 
 from __future__ import annotations
@@ -31,26 +34,36 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from prompt_score import SCORE_SEED, score_prompts, summary_line, write_score  # noqa: E402
 from sample_data import make_sample  # noqa: E402
 from static_server import serve_directory  # noqa: E402
 
 TOOLS = REPO / "tools" / "laion_data_utils"
 EXAMPLES = REPO / "examples" / "stable_diffusion_v2"
+# At 400 steps the autoencoder still confuses neighbouring colours (purple/blue, red/orange, white/yellow);
+# 800 steps fix that but leave too little time for the UNet (docs/benchmarks.md, issue 15 part 3).
 VAE_STEPS = 400
 # The autoencoder's recipe on top of configs/train/tiny_cpu.yaml: batches of 8, and a near-deterministic
 # posterior from the start (see --vae_init_logvar in docs/training.md) so the UNet later sees clean latents.
 VAE_RECIPE = ["--train_batch_size", "8", "--vae_init_logvar", "-8"]
+# The UNet's recipe on top of tiny_cpu.yaml. v-prediction (the model config's parameterization, set by
+# demo_model_config) makes the noisiest steps predict the image itself, where only the prompt can tell the
+# colours; with eps-prediction the same run ignores its prompts. Batches of 16, the tiny text tower trained
+# along, validation once at the end (it compiles a sampler).
+UNET_RECIPE = ["--train_batch_size", "16", "--train_text_encoder", "--checkpointing_steps", "100"]
+GUIDANCE = 7.5
 PROMPTS = ["a red circle on a blue background", "a yellow square on a black background",
            "a green triangle on a white background", "a purple circle on a orange background"]
+SAMPLES_PER_PROMPT = 3  # columns of the grid (seeds 42 + image index)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default=str(REPO / "demo_output"), help="where every stage writes (default: ./demo_output)")
-    p.add_argument("--rows", type=int, default=300, help="rows of sample metadata (default: 300)")
+    p.add_argument("--rows", type=int, default=1000, help="rows of sample metadata; 6 in 10 pass the filter (default: 1000)")
     p.add_argument("--vae_steps", type=int, default=VAE_STEPS,
                    help=f"training steps of the tiny autoencoder (default: {VAE_STEPS})")
-    p.add_argument("--train_steps", type=int, default=300, help="training steps of the tiny UNet (default: 300)")
+    p.add_argument("--train_steps", type=int, default=500, help="training steps of the tiny UNet (default: 500)")
     p.add_argument("--sample_steps", type=int, default=20, help="sampler steps for the final images (default: 20)")
     p.add_argument("--fresh", action="store_true", help="delete --output_dir first and redo every stage")
     return p
@@ -103,8 +116,9 @@ def main(argv=None) -> int:
     paths = {
         "sample": out / "sample", "metadata": out / "metadata_raw", "filtered": out / "metadata_filtered",
         "data": out / "image_text_data", "vae": out / "vae", "train": out / "train", "samples": out / "samples",
+        "score": out / "score_samples",
     }
-    stage_names = ["sample", "metadata", "filter", "images", "stats", "vae", "train", "generate", "report"]
+    stage_names = ["sample", "metadata", "filter", "images", "stats", "vae", "train", "generate", "score", "report"]
     stages = Stages(out, total=len(stage_names))
 
     with serve_directory(out) as base_url:
@@ -133,20 +147,38 @@ def main(argv=None) -> int:
         *VAE_RECIPE]))
     stages.run("train", f"train the tiny SD 2.x UNet for {args.train_steps} steps on CPU", lambda: sh([
         *tiny_recipe, "--pretrained_model_path", paths["vae"] / "model.ckpt",
-        "--model_config", paths["vae"] / "model_config.yaml", "--output_dir", paths["train"],
-        "--max_train_steps", str(args.train_steps)]))
+        "--model_config", demo_model_config(paths["vae"], out), "--output_dir", paths["train"],
+        "--max_train_steps", str(args.train_steps), *UNET_RECIPE, "--validation_steps", str(args.train_steps),
+        "--validation_guidance_scale", str(GUIDANCE), "--validation_prompts", *PROMPTS]))
+    sampling = ["--config", paths["train"] / "model_config.yaml", "--ckpt", paths["train"] / "model.ckpt",
+                "--sampler", "ddim", "--steps", str(args.sample_steps), "--guidance_scale", str(GUIDANCE)]
     stages.run("generate", "sample images from prompts", lambda: sh([
-        py, EXAMPLES / "text_to_image.py", "--config", paths["train"] / "model_config.yaml",
-        "--ckpt", paths["train"] / "model.ckpt", "--prompt_file", write_prompts(out),
-        "--sampler", "ddim", "--steps", str(args.sample_steps), "--output_dir", paths["samples"]]))
+        py, EXAMPLES / "text_to_image.py", *sampling, "--prompt_file", write_prompts(out / "prompts.txt", PROMPTS),
+        "--n_samples", str(SAMPLES_PER_PROMPT), "--output_dir", paths["samples"]]))
+    stages.run("score", "score 16 other prompts x 2 samples", lambda: (sh([
+        py, EXAMPLES / "text_to_image.py", *sampling, "--n_samples", "2", "--seed", str(SCORE_SEED), "--skip_grid",
+        "--prompt_file", write_prompts(out / "score_prompts.txt", score_prompts()),
+        "--output_dir", paths["score"]]), write_score(
+            paths["score"] / "samples", out / "prompt_score.json", out / "score_grid.png",
+            settings={"seed": SCORE_SEED, "samples_per_prompt": 2, "sampler": "ddim", "steps": args.sample_steps,
+                      "guidance_scale": GUIDANCE})))
     stages.run("report", "plot the loss curves", lambda: plot_loss(paths["vae"], paths["train"], out / "loss_curve.png"))
     print_summary(out, paths)
     return 0
 
 
-def write_prompts(out: Path) -> Path:
-    path = out / "prompts.txt"
-    path.write_text("\n".join(PROMPTS) + "\n")
+def demo_model_config(vae_dir: Path, out: Path) -> Path:
+    """The autoencoder run's model config (with its measured scale_factor), switched to v-prediction."""
+    import yaml
+
+    cfg = yaml.safe_load((vae_dir / "model_config.yaml").read_text())
+    path = out / "demo_model_config.yaml"
+    path.write_text(yaml.safe_dump(dict(cfg, parameterization="v"), sort_keys=False))
+    return path
+
+
+def write_prompts(path: Path, prompts: list[str]) -> Path:
+    path.write_text("\n".join(prompts) + "\n")
     return path
 
 
@@ -159,7 +191,7 @@ def plot_loss(vae_dir: Path, train_dir: Path, target: Path) -> None:
     from mindone.train.metrics import read_metrics
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, run, title in ((axes[0], vae_dir, "autoencoder: L1 + KL"), (axes[1], train_dir, "UNet: MSE on eps")):
+    for ax, run, title in ((axes[0], vae_dir, "autoencoder: L1 + KL"), (axes[1], train_dir, "UNet: MSE on v (v-prediction)")):
         rows = read_metrics(run / "metrics.csv")
         steps = [int(r["step"]) for r in rows]
         losses = [float(r["loss"]) for r in rows]
@@ -180,11 +212,14 @@ def print_summary(out: Path, paths: dict) -> None:
     if report.exists():
         rep = json.loads(report.read_text())
         print(f"  filter report        {report}  (rows in {rep['rows_in']}, rows out {rep['rows_out']})")
+    score = out / "prompt_score.json"
+    if score.exists():
+        print(f"  prompt score         {score}\n    {summary_line(json.loads(score.read_text()))}")
     for label, path in [("raw metadata", paths["metadata"]), ("filtered metadata", paths["filtered"]),
                         ("webdataset shards", paths["data"]), ("autoencoder run", paths["vae"]),
                         ("UNet training run", paths["train"]),
                         ("sample images", paths["samples"] / "samples"), ("sample grid", paths["samples"] / "grid-0000.png"),
-                        ("loss curve", out / "loss_curve.png")]:
+                        ("scored samples", out / "score_grid.png"), ("loss curve", out / "loss_curve.png")]:
         print(f"  {label:<20} {path}")
 
 
