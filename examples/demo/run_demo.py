@@ -41,8 +41,8 @@ from static_server import serve_directory  # noqa: E402
 TOOLS = REPO / "tools" / "laion_data_utils"
 EXAMPLES = REPO / "examples" / "stable_diffusion_v2"
 # At 400 steps the autoencoder still confuses neighbouring colours (purple/blue, red/orange, white/yellow);
-# 800 steps fix that but leave too little time for the UNet (docs/benchmarks.md, issue 15 part 3).
-VAE_STEPS = 400
+# 800 steps fix most of that (docs/benchmarks.md, issue 15 part 3).
+VAE_STEPS = 800
 # The autoencoder's recipe on top of configs/train/tiny_cpu.yaml: batches of 8, and a near-deterministic
 # posterior from the start (see --vae_init_logvar in docs/training.md) so the UNet later sees clean latents.
 VAE_RECIPE = ["--train_batch_size", "8", "--vae_init_logvar", "-8"]
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=1000, help="rows of sample metadata; 6 in 10 pass the filter (default: 1000)")
     p.add_argument("--vae_steps", type=int, default=VAE_STEPS,
                    help=f"training steps of the tiny autoencoder (default: {VAE_STEPS})")
-    p.add_argument("--train_steps", type=int, default=500, help="training steps of the tiny UNet (default: 500)")
+    p.add_argument("--train_steps", type=int, default=600, help="training steps of the tiny UNet (default: 600)")
     p.add_argument("--sample_steps", type=int, default=20, help="sampler steps for the final images (default: 20)")
     p.add_argument("--fresh", action="store_true", help="delete --output_dir first and redo every stage")
     return p
