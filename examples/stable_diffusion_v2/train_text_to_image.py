@@ -333,7 +333,9 @@ def train(args, dev) -> None:
         if args.train_target == "vae":
             write_scaled_model_config(model, model_cfg, batches, out / "model_config.yaml")
         else:
-            atomic_write_text(out / "model_config.yaml", yaml.safe_dump(model_cfg, sort_keys=False))
+            # The trained parameterization goes with the weights (--prediction_type may override the yaml's).
+            saved = dict(model_cfg, parameterization=model.parameterization)
+            atomic_write_text(out / "model_config.yaml", yaml.safe_dump(saved, sort_keys=False))
 
 
 def _current_lr(optimizer, schedule: Sequence[float]) -> float:
