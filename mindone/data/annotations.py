@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from mindone.data.locations import OUTSIDE_FLAG, Root, UnsafeLocation, inside_root
+from mindone.data.locations import OUTSIDE_FLAG, Root, UnsafeLocation, is_under
 from mindone.utils.cli import UserError
 
 _FILES_CSV = re.compile(r"^part_(\d+)\.csv$")
@@ -191,7 +191,8 @@ def read_shard_list(
             if n > 0:
                 where = f"{csv}:{row} file_path"
                 url = root.resolve(file_path, where=where, allow_outside_root=allow_outside_root)
-                if root.kind == "local" and not allow_outside_root and not inside_root(url, root.text):
+                escapes = root.kind == "local" and not is_under(os.path.realpath(url), root.text)
+                if escapes and not allow_outside_root:
                     raise UnsafeLocation(f"{where}: {file_path[:80]!r} is a symlink to a place outside the data "
                                          f"root {root.text!r} (pass {OUTSIDE_FLAG} to follow it)")
                 urls.append(url)

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from mindone.data.annotations import FilesAnnotations
-from mindone.data.locations import inside_root
+from mindone.data.locations import is_under
 from mindone.data.tar_stream import MAX_MEMBER_BYTES, RawSample, open_regular_file
 
 
@@ -34,7 +34,8 @@ class FilesReader:
         stem = os.path.splitext(path)[0]
         sample = RawSample(os.path.basename(stem))
         root = None if self.annotations.allow_outside_root else self.annotations.root_of(shard)
-        if root is not None and not inside_root(path, root):
+        # The roots are resolved once, when the csv is read: per sample, only the path's links are resolved.
+        if root is not None and not is_under(os.path.realpath(path), root):
             yield 0, "outside_data_root"
             return
         try:
@@ -47,7 +48,7 @@ class FilesReader:
             yield 0, "missing_image"
             return
         sample.files["txt"] = self.captions[shard].encode("utf-8")
-        if self.read_meta and (root is None or inside_root(stem + ".json", root)):
+        if self.read_meta and (root is None or is_under(os.path.realpath(stem + ".json"), root)):
             try:
                 with open_regular_file(stem + ".json") as fh:
                     sample.files["json"] = fh.read(self.max_member_bytes)
