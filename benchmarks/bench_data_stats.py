@@ -2,7 +2,7 @@
 
 Writes ``--shards`` shards of ``--samples`` samples (jpg of ``--image_kb`` KiB + txt + json, as img2dataset
 writes them), then times, on the same files:
-  - header scan: laion_utils.tar_stats.scan_tar, one shard after the other,
+  - header scan: mindone.laion.tar_stats.scan_tar, one shard after the other,
   - the CLI's part check: annotations.tar_part_stats (header scan + _stats.json check, 8 threads over shards),
   - naive baseline: tarfile iteration reading every member's bytes,
   - webdataset baseline: webdataset's tar iterator over every sample (how a loader would count).
@@ -19,17 +19,13 @@ import argparse
 import io
 import json
 import os
-import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools" / "laion_data_utils"))
-
-from laion_utils.annotations import tar_part_stats  # noqa: E402
-from laion_utils.tar_stats import scan_tar  # noqa: E402
+from mindone.laion.annotations import tar_part_stats
+from mindone.laion.tar_stats import scan_tar
 
 
 def write_shard(path: Path, samples: int, image_kb: int) -> None:

@@ -1,6 +1,6 @@
 """Images/s of one part downloaded over loopback HTTPS: certificate patch vs stock img2dataset.
 
-Both runs download the same part from the same local HTTPS server (tests/image_server.py, self-signed
+Both runs download the same part from the same local HTTPS server (tests/helpers/image_server.py, self-signed
 certificate). The stock run verifies the certificate, trusted through SSL_CERT_FILE; the patched run
 (--insecure_ssl: InsecureDownloader in every worker) skips verification. Runs alternate, the median of
 each side is compared. Speed is counted from img2dataset's own per-shard times in ``_stats.json`` (the
@@ -24,14 +24,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tools" / "laion_data_utils"), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))  # the tests' image server: tests/helpers is test code, not installed
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from image_server import ImageServer  # noqa: E402
 
-from laion_utils.img2dataset_launch import run_img2dataset  # noqa: E402
+from mindone.laion.img2dataset_launch import run_img2dataset  # noqa: E402
+from tests.helpers.image_server import ImageServer  # noqa: E402
 
 
 @contextlib.contextmanager

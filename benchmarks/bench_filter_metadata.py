@@ -32,7 +32,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FILTER = REPO / "tools" / "laion_data_utils" / "laion_filter_metadata.py"
-sys.path.insert(0, str(REPO / "tools" / "laion_data_utils"))
 
 SCAN_CODE = """
 import sys, pyarrow.parquet as pq
@@ -109,7 +108,7 @@ def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int, float,
 
 
 def generate(data_dir: Path, rows: int, files: int, seed: int) -> list[Path]:
-    from laion_utils.synthetic_metadata import write_synthetic_metadata
+    from mindone.laion.synthetic_metadata import write_synthetic_metadata
 
     manifest = data_dir / "manifest.json"
     want = {"rows": rows, "files": files, "seed": seed, "version": 1}

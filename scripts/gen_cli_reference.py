@@ -16,7 +16,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "docs" / "cli_reference.md"
-sys.path[:0] = [str(REPO), str(REPO / "tools" / "laion_data_utils")]
 
 # (command as a user types it, script file, how to get its parser)
 TOOLS = [
@@ -77,11 +76,7 @@ def load_parser(script: str | None, how: str) -> argparse.ArgumentParser:
     path = REPO / script
     spec = importlib.util.spec_from_file_location(f"_cli_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
+    spec.loader.exec_module(module)
     return getattr(module, how)()
 
 

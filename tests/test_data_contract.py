@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pytest
 
-import laion_gen_csv_annot
-import laion_gen_data_stats
 from mindone.data.loader import build_sample_stream
 from mindone.models.tokenizer import SDTokenizer
-from test_data_synthetic import make_clean_dataset
+from tests.helpers.synthetic_data import make_clean_dataset
+from tests.helpers.tools import load_tool
+
+laion_gen_csv_annot = load_tool("laion_gen_csv_annot")
+laion_gen_data_stats = load_tool("laion_gen_data_stats")
 
 
 def as_img2dataset_output(data) -> None:

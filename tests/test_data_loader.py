@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mindone.data.loader import build_dataset, build_sample_stream
-from test_data_synthetic import (
+from tests.helpers.synthetic_data import (
     fake_tokenizer,
     make_clean_dataset,
     make_dirty_dataset,
@@ -196,9 +196,8 @@ def test_resume_on_dirty_data_keeps_the_step_count(tmp_path):
 
 RANK_SCRIPT = """
 import json, sys
-sys.path.insert(0, sys.argv[2])
 from mindone.data.loader import build_sample_stream
-from test_data_synthetic import fake_tokenizer
+from tests.helpers.synthetic_data import fake_tokenizer  # run with the checkout as working directory
 stream = build_sample_stream("webdataset", sys.argv[1], fake_tokenizer, image_size=32, batch_size=4, num_workers=2)
 print(json.dumps([x["key"] for x in stream]))
 """
@@ -212,9 +211,9 @@ def test_ranks_from_the_environment_in_separate_processes(uneven_clean):
     import sys
     from pathlib import Path
 
-    tests_dir = str(Path(__file__).parent)
+    repo = Path(__file__).resolve().parent.parent
     procs = [
-        subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(uneven_clean.root), tests_dir],
+        subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(uneven_clean.root)], cwd=repo,
                          env={**os.environ, "RANK_ID": str(r), "RANK_SIZE": "2"}, stdout=subprocess.PIPE, text=True)
         for r in range(2)
     ]

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from laion_utils.sample_filters import filters_from_args, passes
 from mindone.data.filters import SampleFilters
-from laion_utils.shard_state import prepare_resume
-from laion_utils.tar_stats import scan_tar
+from mindone.laion.sample_filters import filters_from_args, passes
+from mindone.laion.shard_state import prepare_resume
+from mindone.laion.tar_stats import scan_tar
 
 REPO = Path(__file__).resolve().parent.parent
 TOOL = REPO / "tools" / "laion_data_utils" / "laion_gen_data_stats.py"
@@ -224,7 +224,7 @@ def test_post_download_filters_write_filtered_shards(tmp_path):
 def test_filter_flags_build_the_loader_filter():
     import argparse
 
-    from laion_utils.sample_filters import add_filter_arguments
+    from mindone.laion.sample_filters import add_filter_arguments
 
     parser = argparse.ArgumentParser()
     add_filter_arguments(parser)

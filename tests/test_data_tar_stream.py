@@ -14,7 +14,7 @@ import pytest
 from mindone.data.annotations import read_files_annotations, read_shard_list, resolve_annotation_files
 from mindone.data.tar_stream import RawSample, read_samples, split_member_name
 from mindone.utils.cli import UserError
-from test_data_synthetic import make_clean_dataset, write_dataset, regular_member
+from tests.helpers.synthetic_data import make_clean_dataset, write_dataset, regular_member
 
 
 def test_split_member_name_follows_webdataset_keys():

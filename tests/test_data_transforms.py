@@ -15,7 +15,7 @@ from mindone.data.processing import SampleProcessor
 from mindone.data.tar_stream import RawSample
 from mindone.data.transforms import hwc_to_chw, resize_crop, to_model_input
 from mindone.utils.cli import UserError
-from test_data_synthetic import fake_tokenizer, image_bytes
+from tests.helpers.synthetic_data import fake_tokenizer, image_bytes
 
 
 def gradient(w: int, h: int) -> Image.Image:

@@ -1,4 +1,4 @@
-"""laion_download_imgs.sh against a local fault-injecting HTTP/HTTPS server (tests/image_server.py).
+"""laion_download_imgs.sh against a local fault-injecting HTTP/HTTPS server (tests/helpers/image_server.py).
 
 img2dataset really runs (1 process, few threads, 2 s timeout); each bad URL must come back with the
 reason img2dataset recorded, HTTPS with a self-signed certificate must fail by default and succeed with
@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_server import BIG_SIZE, EXPECTED_OUTCOME, ImageServer, good_size  # noqa: E402
+from tests.helpers.image_server import BIG_SIZE, EXPECTED_OUTCOME, ImageServer, good_size
+from tests.helpers.tools import load_tool
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tools" / "laion_data_utils" / "laion_download_imgs.sh"
@@ -220,14 +220,14 @@ def test_killed_run_resumes_and_never_counts_a_broken_shard(tmp_path, servers):
 
 # ---- settings, pass-through and errors (no download) ----
 
-from laion_utils import img2dataset_launch as launch  # noqa: E402
+from mindone.laion import img2dataset_launch as launch  # noqa: E402
 from mindone.utils.cli import UserError  # noqa: E402
 
 
 @pytest.fixture()
 def dry_run(monkeypatch, capsys):
     """Run the launcher in-process with --dry_run; returns the per-part json it prints."""
-    import laion_download_imgs
+    laion_download_imgs = load_tool("laion_download_imgs")
 
     monkeypatch.setattr(laion_download_imgs, "setup_cli_logging", lambda: None)
 
@@ -302,7 +302,7 @@ def test_bad_part_is_one_clear_line(three_parts):
     ],
 )
 def test_bad_settings_raise_user_errors(three_parts, args, message, monkeypatch):
-    import laion_download_imgs
+    laion_download_imgs = load_tool("laion_download_imgs")
 
     monkeypatch.setattr(laion_download_imgs, "setup_cli_logging", lambda: None)
     with pytest.raises(UserError, match=message.replace("[", r"\[")):
@@ -333,7 +333,7 @@ def test_cert_patch_is_scoped_and_restored(servers):
     import urllib.request
 
     import img2dataset.downloader as i2d_downloader
-    from laion_utils import cert_patch
+    from mindone.laion import cert_patch
 
     _, https = servers
     url = https.url("good", 1)
@@ -354,7 +354,7 @@ def test_cert_patch_is_scoped_and_restored(servers):
         assert i2d_main.Downloader is cert_patch.InsecureDownloader
     assert i2d_main.Downloader is stock
     # spawned workers rebuild the object by importing its class: it must pickle by reference to this module
-    assert b"laion_utils.cert_patch" in pickle.dumps(cert_patch.InsecureDownloader)
+    assert b"mindone.laion.cert_patch" in pickle.dumps(cert_patch.InsecureDownloader)
 
 
 def test_resume_refuses_a_different_shard_layout(tmp_path):

@@ -16,9 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-import laion_filter_metadata as cli
-from helpers_metadata import FILTER_CLI, canonical, make_inputs, read_dir, reference_filter, run_cli
-from laion_utils.synthetic_metadata import write_synthetic_metadata
+from mindone.laion.synthetic_metadata import write_synthetic_metadata
+from tests.helpers.metadata import FILTER_CLI, canonical, make_inputs, read_dir, reference_filter, run_cli
+from tests.helpers.tools import load_tool
+
+cli = load_tool("laion_filter_metadata")
 
 ROWS = 4000
 
@@ -263,7 +265,7 @@ def test_check_task_prints_seed_figures(tmp_path):
 @pytest.mark.parametrize("batch_rows", ["7", "65536"])
 def test_pass_2_reads_only_unspilled_columns_and_joins_pass_1s_back(inputs, tmp_path, monkeypatch, batch_rows):
     # row groups of ROWS // 3 rows and batches that do not divide them: pass 2 slices pass 1's masks and rows
-    from laion_utils import filter_arrow
+    from mindone.laion import filter_arrow
 
     data = inputs["improved_aesthetics_4.5plus"]
     read = []
@@ -306,7 +308,7 @@ def test_files_of_condition_columns_only_and_no_conditions(tmp_path):
 
 
 def test_mapped_reader_matches_pyarrow_and_returns_its_pages(tmp_path):
-    from laion_utils.mapped_parquet import MappedParquet
+    from mindone.laion.mapped_parquet import MappedParquet
 
     path = tmp_path / "x.parquet"
     write_synthetic_metadata(path, 30_000, "improved_aesthetics_4.5plus", seed=3, row_group_rows=7_000)
@@ -326,7 +328,7 @@ def test_mapped_reader_matches_pyarrow_and_returns_its_pages(tmp_path):
 
 
 def test_numeric_masks_from_buffers_respect_offsets_chunks_and_nulls():
-    from laion_utils.conditions import Condition
+    from mindone.laion.conditions import Condition
 
     values = [600.0, None, float("nan"), 512.0, 0.98, None, 700.0, 100.0, 513.0, None, 0.97]
     for typ in (pa.float64(), pa.float32(), pa.int64(), pa.int32(), pa.uint16()):
@@ -394,7 +396,7 @@ def test_partition_writer_holds_the_caller_back_on_a_big_table(tmp_path):
     """A whole shuffle bucket is queued in row-group slices, so the caller cannot read ahead without bound."""
     import threading
 
-    from laion_utils.partition_writer import PartitionWriter
+    from mindone.laion.partition_writer import PartitionWriter
 
     gate = threading.Event()
 
@@ -418,7 +420,7 @@ def test_partition_writer_holds_the_caller_back_on_a_big_table(tmp_path):
 def test_full_scratch_disk_is_one_line_and_publishes_nothing(inputs, tmp_path, monkeypatch):
     import errno as errno_
 
-    from laion_utils import condition_spill
+    from mindone.laion import condition_spill
 
     def full(self, batch, keep):
         raise OSError(errno_.ENOSPC, "No space left on device")
@@ -436,7 +438,7 @@ def test_full_scratch_disk_is_one_line_and_publishes_nothing(inputs, tmp_path, m
 
 def test_spilled_rows_must_match_the_second_read(tmp_path):
     # pass 2 asking for more or fewer kept rows than pass 1 spilled means the input changed in between
-    from laion_utils.condition_spill import RowCursor
+    from mindone.laion.condition_spill import RowCursor
 
     path = tmp_path / "rows.arrows"
     batch = pa.record_batch({"WIDTH": pa.array([1.0, 2.0, 3.0])})

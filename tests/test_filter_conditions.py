@@ -8,11 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from laion_utils.conditions import Condition, build_conditions
-from laion_utils.filter_common import part_sizes
-from laion_utils.schema import resolve_column, resolve_columns
-from laion_utils.subsets import SUBSETS, get_subset, parse_parts
-from laion_utils.synthetic_metadata import VARIANTS, generate_table
+from mindone.laion.conditions import Condition, build_conditions
+from mindone.laion.filter_common import part_sizes
+from mindone.laion.schema import resolve_column, resolve_columns
+from mindone.laion.subsets import SUBSETS, get_subset, parse_parts
+from mindone.laion.synthetic_metadata import VARIANTS, generate_table
 from mindone.utils.cli import UserError
 
 

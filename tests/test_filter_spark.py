@@ -9,8 +9,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import laion_filter_metadata as cli
-from helpers_metadata import FILTER_CLI, canonical, make_inputs, read_dir, run_cli
+from tests.helpers.metadata import FILTER_CLI, canonical, make_inputs, read_dir, run_cli
+from tests.helpers.tools import load_tool
+
+cli = load_tool("laion_filter_metadata")
 
 pytestmark = [pytest.mark.spark, pytest.mark.timeout(300)]
 

@@ -21,7 +21,7 @@ import pytest
 from mindone.data.latents import MOMENTS_EXT, LatentInfo, read_moments
 from mindone.data.loader import build_sample_stream
 from mindone.utils.cli import UserError
-from test_data_synthetic import fake_tokenizer, make_clean_dataset, make_dirty_dataset
+from tests.helpers.synthetic_data import fake_tokenizer, make_clean_dataset, make_dirty_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "stable_diffusion_v2"
@@ -190,7 +190,7 @@ def test_cached_text_embeddings_stand_in_for_token_ids(tmp_path):
 
 @pytest.mark.timeout(400)
 def test_msrun_ranks_encode_their_own_shards(tmp_path):
-    from test_train_distributed import free_port, kill_tree
+    from tests.helpers.processes import free_port, kill_tree
 
     make_clean_dataset(tmp_path / "img", num_shards=4, per_shard=3)
     out, logs = tmp_path / "lat", tmp_path / "logs"

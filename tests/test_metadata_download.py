@@ -10,10 +10,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import laion_download_metadata as cli
-from helpers_metadata import DOWNLOAD_CLI, run_cli
-from laion_utils.http_download import DownloadError, RetryPolicy, download_file, partial_path, validator_path
-from laion_utils.synthetic_metadata import write_synthetic_metadata
+from mindone.laion.http_download import DownloadError, RetryPolicy, download_file, partial_path, validator_path
+from mindone.laion.synthetic_metadata import write_synthetic_metadata
+from tests.helpers.metadata import DOWNLOAD_CLI, run_cli
+from tests.helpers.tools import load_tool
+
+cli = load_tool("laion_download_metadata")
 
 FAST = RetryPolicy(retries=3, backoff=0.01, max_backoff=0.02, timeout=5)
 

@@ -126,9 +126,9 @@ _KILL_AT = {
     "swapped": "write_csv",  # the new part in place, its csv not yet written
 }
 _KILLED_RUN = """
-import os, sys
-sys.path[:0] = [{repo!r}, {tools!r}]
-import make_dataset_from_images as tool
+import os
+from tests.helpers.tools import load_tool  # run with the checkout as working directory
+tool = load_tool("make_dataset_from_images")
 name, when = {target!r}.partition(":")[::2]
 real = getattr(tool, name)
 def killed(*args, **kwargs):
@@ -165,8 +165,8 @@ def test_rebuild_killed_at_any_point_leaves_no_csv_pointing_at_missing_shards(tm
     assert first.returncode == 0, first.stderr
     before = (out / "part_1_stats.csv").read_bytes()
     argv = ["--image_dir", str(src), "--output_dir", str(out), "--samples_per_shard", "3", "--output_format", second_format]
-    code = _KILLED_RUN.format(repo=str(REPO), tools=str(TOOL.parent), target=_KILL_AT[kill_at], argv=argv)
-    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    code = _KILLED_RUN.format(target=_KILL_AT[kill_at], argv=argv)
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert killed.returncode == 137, killed.stderr
     assert listed_files_exist(out) == []
     if kill_at != "swapped":  # not swapped in yet: the old part and its csv are still whole and usable

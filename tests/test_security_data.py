@@ -25,7 +25,7 @@ from mindone.data.loader import build_sample_stream
 from mindone.data.locations import Root, UnsafeLocation
 from mindone.data.tar_stream import RawSample, read_samples
 from mindone.data.workers import NoUsableSample
-from test_data_synthetic import fake_tokenizer, make_clean_dataset
+from tests.helpers.synthetic_data import fake_tokenizer, make_clean_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "examples" / "stable_diffusion_v2" / "train_text_to_image.py"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mindone.utils.cli import UserError
+from tests.helpers.tools import load_tool
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = REPO / "tools" / "laion_data_utils"
@@ -38,7 +39,7 @@ def run_download(args: list[str], timeout: float = 150) -> subprocess.CompletedP
 def test_url_screen_judges_schemes_as_urllib_sees_them():
     import pyarrow as pa
 
-    from laion_utils.url_guard import screen_urls
+    from mindone.laion.url_guard import screen_urls
 
     urls = ["http://a/1.jpg", "HTTPS://a/2.jpg", "  https://a/3.jpg", "<URL:http://a/4.jpg>", None, "file:///etc/passwd",
             "<URL:file:///etc/passwd>", " FILE:///etc/shadow", "ftp://h/x.jpg", "data:image/png;base64,AAAA", "/etc/passwd",
@@ -55,8 +56,7 @@ def test_file_urls_in_metadata_never_reach_the_shards(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from image_server import ImageServer, make_jpeg
+    from tests.helpers.image_server import ImageServer, make_jpeg
 
     secret = tmp_path / "private" / "secret.jpg"  # an image, so img2dataset would keep it if it read it
     secret.parent.mkdir()
@@ -94,8 +94,7 @@ def test_file_urls_never_reach_the_shards_with_pyspark(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from image_server import ImageServer, make_jpeg
+    from tests.helpers.image_server import ImageServer, make_jpeg
 
     secret = tmp_path / "secret.jpg"
     secret.write_bytes(make_jpeg(48, 40, seed=98))
@@ -120,9 +119,9 @@ def test_both_distributors_are_handed_only_http_rows(tmp_path, monkeypatch, dist
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import laion_download_imgs
-    from laion_utils import img2dataset_launch as launch
+    from mindone.laion import img2dataset_launch as launch
 
+    laion_download_imgs = load_tool("laion_download_imgs")
     for key in [k for k in os.environ if k.startswith("LAION_")]:
         monkeypatch.delenv(key)
     handed: list[dict] = []
@@ -156,7 +155,7 @@ def test_metadata_with_no_http_row_is_one_line(tmp_path):
 
 
 def test_metadata_that_cannot_be_checked_is_one_line(tmp_path, monkeypatch):
-    import laion_download_imgs
+    laion_download_imgs = load_tool("laion_download_imgs")
 
     for key in [k for k in os.environ if k.startswith("LAION_")]:
         monkeypatch.delenv(key)
@@ -224,7 +223,7 @@ def files_under(root: Path) -> list[str]:
 
 @pytest.mark.timeout(60)
 def test_server_answers_never_choose_the_file_name(tmp_path):
-    import laion_download_metadata
+    laion_download_metadata = load_tool("laion_download_metadata")
 
     out = tmp_path / "a" / "b" / "out"
     fast = ["--retries", "0", "--timeout", "5", "--no_progress", "--subset", "laion-art", "--output_dir", str(out)]
@@ -243,7 +242,7 @@ def test_server_answers_never_choose_the_file_name(tmp_path):
 
 @pytest.mark.parametrize("pattern", ["../x{n}.parquet", "/tmp/x{n}.parquet", "sub/x{n}.parquet", ".."])
 def test_file_pattern_that_holds_a_path_is_one_line(tmp_path, pattern):
-    import laion_download_metadata
+    laion_download_metadata = load_tool("laion_download_metadata")
 
     with pytest.raises(UserError, match="not a plain file name") as err:
         laion_download_metadata.main(["--subset", "laion-art", "--output_dir", str(tmp_path / "out"), "--file_pattern", pattern,
@@ -281,10 +280,10 @@ def _answers(host: str, port: int) -> bool:
 def test_local_servers_bind_loopback_only(tmp_path):
     import urllib.parse
 
-    sys.path.insert(0, str(REPO / "tests"))
     sys.path.insert(0, str(REPO / "examples" / "demo"))
-    from image_server import ImageServer, serve_folder
     from static_server import serve_directory
+
+    from tests.helpers.image_server import ImageServer, serve_folder
 
     outside = _outside_address()
     with ImageServer() as plain, ImageServer(https=True) as tls, serve_folder(tmp_path) as folder, \
@@ -311,7 +310,7 @@ def test_no_unsafe_yaml_loading_anywhere():
 
 
 def test_config_yaml_with_python_tags_runs_nothing(tmp_path, monkeypatch):
-    import laion_filter_metadata
+    laion_filter_metadata = load_tool("laion_filter_metadata")
 
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "filter.yaml"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from mindone.utils.cli import UserError
-from test_security_tools import webdataset_shard
+from tests.helpers.tars import webdataset_shard
+from tests.helpers.tools import load_tool
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = REPO / "tools" / "laion_data_utils"
@@ -27,8 +28,7 @@ TOOLS = REPO / "tools" / "laion_data_utils"
 
 def make_image_folder(tmp_path: Path) -> tuple[Path, Path]:
     """An image folder whose links lead outside it to a private image, caption and folder; plus a FIFO caption."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from image_server import make_jpeg
+    from tests.helpers.image_server import make_jpeg
 
     private, images = tmp_path / "private", tmp_path / "images"
     (private / "album").mkdir(parents=True)
@@ -52,7 +52,7 @@ def make_image_folder(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.timeout(60)
 def test_own_images_never_follow_links_out_of_the_image_folder(tmp_path, caplog):
-    import make_dataset_from_images
+    make_dataset_from_images = load_tool("make_dataset_from_images")
 
     caplog.set_level("INFO")
     images, private = make_image_folder(tmp_path)
@@ -73,7 +73,7 @@ def test_own_images_never_follow_links_out_of_the_image_folder(tmp_path, caplog)
 
 @pytest.mark.timeout(30)
 def test_caption_table_that_leads_out_is_one_line(tmp_path):
-    import make_dataset_from_images
+    make_dataset_from_images = load_tool("make_dataset_from_images")
 
     images, private = make_image_folder(tmp_path)
     (private / "metadata.jsonl").write_text(json.dumps({"file_name": "a.jpg", "text": "x"}) + "\n")
@@ -100,8 +100,8 @@ def assert_inside(data: Path, relative_paths: list[str]) -> None:
 
 @pytest.mark.timeout(60)
 def test_csv_writers_list_nothing_a_link_leads_out_to(tmp_path):
-    import laion_gen_csv_annot
-    import laion_gen_data_stats
+    laion_gen_csv_annot = load_tool("laion_gen_csv_annot")
+    laion_gen_data_stats = load_tool("laion_gen_data_stats")
 
     data, private = tmp_path / "data", tmp_path / "private"
     webdataset_shard(data / "part_1", "00000", [{"jpg": b"\xff\xd8", "txt": b"in"}])
@@ -152,7 +152,7 @@ def test_stats_cli_names_the_shard_a_link_leads_out_of(tmp_path):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("stats_json", ["fifo", "nested", "huge"])
 def test_bad_stats_json_leaves_the_shard_out_without_hanging(tmp_path, stats_json):
-    import laion_gen_data_stats
+    laion_gen_data_stats = load_tool("laion_gen_data_stats")
 
     part = tmp_path / "data" / "part_1"
     webdataset_shard(part, "00000", [{"jpg": b"\xff\xd8", "txt": b"fine"}])
@@ -171,7 +171,7 @@ def test_bad_stats_json_leaves_the_shard_out_without_hanging(tmp_path, stats_jso
 
 @pytest.mark.timeout(60)
 def test_oversized_caption_is_skipped_unread(tmp_path):
-    from laion_utils.annotations import files_part_annotations
+    from mindone.laion.annotations import files_part_annotations
 
     shard = tmp_path / "part_1" / "00000"
     shard.mkdir(parents=True)
@@ -189,7 +189,7 @@ def test_oversized_caption_is_skipped_unread(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_resume_cleanup_removes_links_not_what_they_point_at(tmp_path):
-    from laion_utils.shard_state import prepare_resume
+    from mindone.laion.shard_state import prepare_resume
 
     part, elsewhere = tmp_path / "out" / "part_1", tmp_path / "elsewhere"
     (elsewhere / "album").mkdir(parents=True)

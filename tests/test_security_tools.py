@@ -16,21 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from laion_utils.shard_state import prepare_resume
-from laion_utils.tar_stats import MAX_EXTENDED_HEADER, TarFormatError, iter_tar_members, scan_tar
+from mindone.laion.shard_state import prepare_resume
+from mindone.laion.tar_stats import MAX_EXTENDED_HEADER, TarFormatError, iter_tar_members, scan_tar
+from tests.helpers.tars import tar_bytes, webdataset_shard, write
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = REPO / "tools" / "laion_data_utils"
-
-
-def tar_bytes(members: list[tuple[str, bytes]], fmt: int = tarfile.USTAR_FORMAT) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def fix_checksum(data: bytearray, header_at: int) -> None:
@@ -63,12 +54,6 @@ def pax_tar(records: bytes) -> bytes:
     return bytes(header) + payload + tar_bytes(SAMPLE)
 
 
-def write(tmp_path: Path, data: bytes, name: str = "00000.tar") -> Path:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
-
-
 # -- 1. the header scanner: checksums, sizes, pax records; it always ends ----------------------------------------
 
 
@@ -83,7 +68,7 @@ def test_scan_of_a_good_tar_is_unchanged(tmp_path):
 def test_scan_groups_odd_names_as_split_key_ext_does(tmp_path):
     from collections import defaultdict
 
-    from laion_utils.tar_stats import CAPTION_EXTS, IMAGE_EXTS, split_key_ext
+    from mindone.laion.tar_stats import CAPTION_EXTS, IMAGE_EXTS, split_key_ext
 
     names = [".hidden.jpg", ".hidden.txt", "x.", "x.JPG", "noext", "a.b.jpg", "a.b.txt", "d/.jpg", "d/k.jpg", "d/k.txt",
              "d.e/k.jpg", "k.txt", "k.Jpeg"]  # fmt: skip
@@ -197,29 +182,13 @@ def test_stats_cli_and_resume_check_report_the_crafted_shard(tmp_path):
 # -- 7. members read whole are capped; compressed shards are never inflated -------------------------------------
 
 
-def webdataset_shard(part: Path, name: str, samples: list[dict[str, bytes]], compress: str = "") -> Path:
-    """``samples`` as a tar (``compress``: "gz"/"xz" to compress it) with its ``_stats.json``."""
-    part.mkdir(parents=True, exist_ok=True)
-    members = [(f"{i:09d}.{ext}", data) for i, sample in enumerate(samples) for ext, data in sample.items()]
-    data = tar_bytes(members)
-    if compress:
-        import gzip
-        import lzma
-
-        data = gzip.compress(data) if compress == "gz" else lzma.compress(data)
-    path = write(part, data, f"{name}.tar")
-    images = sum(1 for sample in samples if "jpg" in sample)
-    (part / f"{name}_stats.json").write_text(json.dumps({"count": len(samples), "successes": images}))
-    return path
-
-
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("compress", ["gz", "xz"])
 def test_compressed_shards_are_refused_not_inflated(tmp_path, compress):
     from collections import Counter
 
-    from laion_utils.shard_filter import ShardFilterError, filter_shard
     from mindone.data.filters import SampleFilters
+    from mindone.laion.shard_filter import ShardFilterError, filter_shard
 
     bomb = webdataset_shard(tmp_path / "part_1", "00000", [{"jpg": bytes(8 << 20), "txt": b"zeros"}], compress)
     assert bomb.stat().st_size < 64 << 10  # 8 MiB of zeros compresses to a few KiB
@@ -258,8 +227,8 @@ def test_filter_caps_the_member_it_reads_whole(tmp_path):
 def test_filtered_copy_drops_links_and_names_that_climb_out(tmp_path):
     from collections import Counter
 
-    from laion_utils.shard_filter import filter_shard
     from mindone.data.filters import SampleFilters
+    from mindone.laion.shard_filter import filter_shard
 
     src = tmp_path / "00000.tar"
     with tarfile.open(src, "w") as tar:

@@ -98,7 +98,7 @@ def test_loader_flags_reach_the_data_stream(tmp_path):
     import importlib.util
 
     from mindone.data.loader import build_sample_stream
-    from test_data_synthetic import fake_tokenizer, make_clean_dataset
+    from tests.helpers.synthetic_data import fake_tokenizer, make_clean_dataset
 
     spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
     script = importlib.util.module_from_spec(spec)

@@ -13,7 +13,7 @@ from mindone.train.checkpoint import CheckpointManager, load_parameters, save_pa
 from mindone.train.lora import apply_lora, inject_lora, lora_parameters, mark_only_lora_trainable, save_lora
 from mindone.train.metrics import MetricsLogger, read_metrics
 from mindone.utils.cli import UserError
-from test_train_e2e import MICRO_MODEL
+from tests.helpers.training import MICRO_MODEL
 
 
 @pytest.fixture

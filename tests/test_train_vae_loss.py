@@ -7,7 +7,7 @@ import numpy as np
 from mindspore import Tensor
 
 from mindone.train.vae_loss import AutoencoderLoss
-from test_train_e2e import MICRO_MODEL
+from tests.helpers.training import MICRO_MODEL
 
 
 def micro_model():

@@ -17,11 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from mindone.laion import img2dataset_launch as launch
+from mindone.laion.shard_state import done_shard_names, prepare_resume
+from mindone.laion.url_guard import UrlGuardError, http_only_kwargs
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
-
-from laion_utils import img2dataset_launch as launch
-from laion_utils.shard_state import done_shard_names, prepare_resume
-from laion_utils.url_guard import UrlGuardError, http_only_kwargs
 
 logger = logging.getLogger("laion_download_imgs")
 

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from laion_utils.http_download import DownloadError, RetryPolicy, download_file
-from laion_utils.subsets import SUBSETS, get_subset, parse_parts
+from mindone.laion.http_download import DownloadError, RetryPolicy, download_file
+from mindone.laion.subsets import SUBSETS, get_subset, parse_parts
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
 
 log = logging.getLogger("laion_download_metadata")

@@ -23,10 +23,10 @@ import time  # noqa: E402
 from pathlib import Path
 from typing import Any, Sequence
 
-from laion_utils.conditions import CONDITION_FLAGS, DEFAULTS, build_conditions
-from laion_utils.filter_common import FilterPlan, inspect_inputs, list_parquet_files, unify_output_schema
-from laion_utils.report import build_report, check_figures, format_check, write_report
-from laion_utils.staging import check_target, staged_directory
+from mindone.laion.conditions import CONDITION_FLAGS, DEFAULTS, build_conditions
+from mindone.laion.filter_common import FilterPlan, inspect_inputs, list_parquet_files, unify_output_schema
+from mindone.laion.report import build_report, check_figures, format_check, write_report
+from mindone.laion.staging import check_target, staged_directory
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
 
 log = logging.getLogger("laion_filter_metadata")
@@ -142,11 +142,11 @@ def run_filter(args: argparse.Namespace, spark=None) -> dict[str, Any]:
     start = time.time()
     with staged_directory(out_dir) as staging:
         if args.engine == "arrow":
-            from laion_utils.filter_arrow import run_arrow
+            from mindone.laion.filter_arrow import run_arrow
 
             stats, parts = run_arrow(plan, staging, progress=not args.no_progress)
         else:
-            from laion_utils.filter_spark import create_session, run_spark
+            from mindone.laion.filter_spark import create_session, run_spark
 
             own = spark is None
             session = spark or create_session(args.master, args.driver_memory, progress=not args.no_progress)

@@ -19,10 +19,9 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from mindone.laion.annotations import files_part_annotations, remove_stale, select_parts, write_csv
+from mindone.laion.sample_filters import add_filter_arguments, describe, filters_from_args
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
-
-from laion_utils.annotations import files_part_annotations, remove_stale, select_parts, write_csv
-from laion_utils.sample_filters import add_filter_arguments, describe, filters_from_args
 
 logger = logging.getLogger("laion_gen_csv_annot")
 HEADER = ("dir", "text")

@@ -25,11 +25,10 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from mindone.laion.annotations import PartStats, remove_stale, select_parts, tar_part_stats, write_csv
+from mindone.laion.sample_filters import add_filter_arguments, describe, filters_from_args
+from mindone.laion.shard_filter import DEFAULT_MAX_MEMBER_BYTES, ShardFilterError, filter_shard
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
-
-from laion_utils.annotations import PartStats, remove_stale, select_parts, tar_part_stats, write_csv
-from laion_utils.sample_filters import add_filter_arguments, describe, filters_from_args
-from laion_utils.shard_filter import DEFAULT_MAX_MEMBER_BYTES, ShardFilterError, filter_shard
 
 logger = logging.getLogger("laion_gen_data_stats")
 HEADER = ("file_path", "num_samples")

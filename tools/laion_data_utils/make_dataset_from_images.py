@@ -20,10 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from mindone.laion.annotations import files_part_annotations, tar_part_stats, write_csv
+from mindone.laion.own_images import build_dir_for, collect_samples, merge_counts, publish_part, sweep_leftovers, write_shards
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
-
-from laion_utils.annotations import files_part_annotations, tar_part_stats, write_csv
-from laion_utils.own_images import build_dir_for, collect_samples, merge_counts, publish_part, sweep_leftovers, write_shards
 
 logger = logging.getLogger("make_dataset_from_images")
 

@@ -1,6 +1,6 @@
 """Deduplication by URL, (URL, TEXT) or the LAION ``hash`` column, one bucket at a time.
 
-Rows are first hash-partitioned on their key (see :mod:`laion_utils.shuffle_external`), so every copy
+Rows are first hash-partitioned on their key (see :mod:`mindone.laion.shuffle_external`), so every copy
 of a key lands in the same bucket and a bucket can be deduplicated alone in memory.
 
 Semantics (identical in both engines): among rows with the same key, the one that comes first in the

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from laion_utils.synthetic_metadata import write_synthetic_metadata
+from mindone.laion.synthetic_metadata import write_synthetic_metadata
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FILTER_CLI = REPO / "tools" / "laion_data_utils" / "laion_filter_metadata.py"
 DOWNLOAD_CLI = REPO / "tools" / "laion_data_utils" / "laion_download_metadata.py"
 

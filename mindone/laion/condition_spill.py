@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from laion_utils.filter_common import InputFile
-from laion_utils.partition_writer import bool_array
+from mindone.laion.filter_common import InputFile
+from mindone.laion.partition_writer import bool_array
 from mindone.utils.cli import UserError
 
 

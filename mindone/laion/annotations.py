@@ -26,11 +26,10 @@ from typing import Iterable, Sequence
 
 from mindone.data.filters import SampleFilters
 from mindone.data.locations import inside_root
+from mindone.laion.sample_filters import passes
+from mindone.laion.shard_state import check_shard, read_small_file, read_stats_json, scan_files_shard
 from mindone.utils.atomic import atomic_open
 from mindone.utils.cli import UserError
-
-from laion_utils.sample_filters import passes
-from laion_utils.shard_state import check_shard, read_small_file, read_stats_json, scan_files_shard
 
 logger = logging.getLogger(__name__)
 

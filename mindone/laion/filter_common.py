@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from laion_utils.conditions import Condition
-from laion_utils.schema import resolve_columns
+from mindone.laion.conditions import Condition
+from mindone.laion.schema import resolve_columns
 from mindone.utils.cli import UserError
 
 DEDUP_KEYS = {"url": ("url",), "url_text": ("url", "text"), "hash": ("hash",)}

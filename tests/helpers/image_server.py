@@ -257,7 +257,7 @@ def serve_folder(folder: str | Path, port: int = 0) -> Iterator[str]:
 
 
 def main() -> None:
-    """``python tests/image_server.py --folder DIR [--port 8000]``: serve DIR until interrupted (demos)."""
+    """``python tests/helpers/image_server.py --folder DIR [--port 8000]``: serve DIR until interrupted (demos)."""
     import argparse
     import signal
 

@@ -24,9 +24,8 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 
 from mindone.data.filters import SampleFilters
+from mindone.laion.tar_stats import split_key_ext
 from mindone.utils.atomic import atomic_path, atomic_write_text
-
-from laion_utils.tar_stats import split_key_ext
 
 logger = logging.getLogger(__name__)
 

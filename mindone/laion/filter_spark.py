@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from laion_utils.filter_common import DEDUP_KEYS, FilterPlan, FilterStats
+from mindone.laion.filter_common import DEDUP_KEYS, FilterPlan, FilterStats
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from laion_utils.tar_stats import CAPTION_EXTS, IMAGE_EXTS, scan_tar
+from mindone.laion.tar_stats import CAPTION_EXTS, IMAGE_EXTS, scan_tar
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from laion_utils.filter_common import FilterPlan, FilterStats, list_parquet_files
-from laion_utils.schema import resolve_column
+from mindone.laion.filter_common import FilterPlan, FilterStats, list_parquet_files
+from mindone.laion.schema import resolve_column
 from mindone.utils.atomic import atomic_write_text
 from mindone.utils.cli import UserError
 

@@ -207,7 +207,7 @@ def run_img2dataset(kwargs: dict[str, Any], insecure_ssl: bool = False, spark_ma
 
     from img2dataset import download
 
-    from laion_utils import cert_patch
+    from mindone.laion import cert_patch
 
     if kwargs.get("distributor") == "pyspark" and (spark_master is None or spark_master.startswith("local")):
         # local executors must run this interpreter (it has img2dataset), not whatever python3 is on PATH

@@ -6,7 +6,7 @@ and its surviving rows' condition values to scratch files, so the second pass de
 columns (decoding seed 001's four condition columns costs a tenth of a scan). The second pass streams
 those columns through the masks into the part writer, whose thread filters, joins the spilled columns
 back, encodes and writes while this one decodes the next batches. With dedup or shuffle, the surviving rows go
-through an external bucket pass instead (:mod:`laion_utils.shuffle_external`). Peak memory is one
+through an external bucket pass instead (:mod:`mindone.laion.shuffle_external`). Peak memory is one
 batch + one row group (+ one bucket), whatever the input size.
 
 Inputs are memory-mapped (no ``read()`` copy out of the page cache) and each row group's pages are
@@ -30,10 +30,10 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from laion_utils.filter_common import DEDUP_KEYS, FilterPlan, FilterStats, InputFile, part_sizes
-from laion_utils.condition_spill import ConditionSpill
-from laion_utils.mapped_parquet import MappedParquet
-from laion_utils.partition_writer import PartitionWriter, bool_array
+from mindone.laion.filter_common import DEDUP_KEYS, FilterPlan, FilterStats, InputFile, part_sizes
+from mindone.laion.condition_spill import ConditionSpill
+from mindone.laion.mapped_parquet import MappedParquet
+from mindone.laion.partition_writer import PartitionWriter, bool_array
 from mindone.utils.cli import UserError
 
 log = logging.getLogger(__name__)
@@ -255,8 +255,8 @@ def _run_plain(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: Pat
 
 
 def _run_bucketed(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: Path, progress: bool) -> list[int]:
-    from laion_utils import dedup as dd  # pandas: imported only when needed (0.2 s of start-up)
-    from laion_utils.shuffle_external import BucketScatter, choose_num_buckets
+    from mindone.laion import dedup as dd  # pandas: imported only when needed (0.2 s of start-up)
+    from mindone.laion.shuffle_external import BucketScatter, choose_num_buckets
 
     estimated = sum(f.uncompressed_bytes for f in plan.inputs)
     k = choose_num_buckets(estimated, plan.bucket_mb, plan.num_buckets)
