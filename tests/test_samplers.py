@@ -196,3 +196,26 @@ def test_999_steps_work_and_1000_are_refused_with_a_reason(name):
     assert len(np.unique(timesteps)) == 999 and timesteps.max() <= 999 and timesteps.min() >= 0
     with pytest.raises(ValueError, match="use fewer steps"):
         sampler.set_timesteps(1000)
+
+
+ZTSNR = NoiseSchedule(zero_terminal_snr=True)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["ddim", "dpm++"])
+@pytest.mark.parametrize("steps", [1, 2, 20])
+def test_zero_terminal_snr_sampling_matches_diffusers(name, steps):
+    """make_sampler on a zero-terminal-SNR schedule: DDIM starts at t=999 (trailing), as diffusers with
+    rescale_betas_zero_snr=True and timestep_spacing="trailing"; DPM++ keeps lambda finite as diffusers."""
+    diffusers = pytest.importorskip("diffusers")
+    common = dict(SD2_SCHEDULER_CONFIG, rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    if name == "ddim":
+        ref = diffusers.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing")
+    else:
+        ref = diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    sampler = make_sampler(name, ZTSNR, "v")
+    x = _x_T(7)
+    ours = _our_loop(sampler, steps, "v", x)
+    assert ours[0][0] == 999
+    _assert_same_run(ours, _diffusers_loop(ref, steps, "v", x))
+    assert all(np.isfinite(a).all() for a in ours[1])

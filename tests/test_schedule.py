@@ -115,3 +115,33 @@ def test_schedule_matches_diffusers(schedule):
     ours_v = schedule.target(Tensor(x0), Tensor(noise), Tensor(t), "v").asnumpy()
     np.testing.assert_allclose(ours_xt, ref_xt, rtol=0, atol=1e-5)
     np.testing.assert_allclose(ours_v, ref_v, rtol=0, atol=1e-5)
+
+
+def test_zero_terminal_snr_schedule():
+    """Lin et al. 2023: sqrt(acp) shifted to end at 0 and scaled to keep its start; the last step is pure noise."""
+    ours, sd = NoiseSchedule(zero_terminal_snr=True), NoiseSchedule()
+    assert ours.alphas_cumprod[-1] == 0.0 and sd.alphas_cumprod[-1] > 4e-3
+    np.testing.assert_allclose(ours.alphas_cumprod[0], sd.alphas_cumprod[0], rtol=1e-12)
+    root, sd_root = np.sqrt(ours.alphas_cumprod), np.sqrt(sd.alphas_cumprod)
+    expected = (sd_root - sd_root[-1]) * sd_root[0] / (sd_root[0] - sd_root[-1])
+    np.testing.assert_allclose(root, expected, rtol=0, atol=1e-12)
+    assert np.all(np.diff(ours.alphas_cumprod) < 0)
+    t = Tensor(np.array([0, 999], np.int32))
+    x0 = np.ones((2, 4, 2, 2), np.float32)
+    noise = np.full((2, 4, 2, 2), 0.5, np.float32)
+    x_t = ours.add_noise(Tensor(x0), Tensor(noise), t).asnumpy()
+    np.testing.assert_allclose(x_t[1], noise[1], atol=1e-7)  # nothing of the image is left at t=999
+    np.testing.assert_allclose(ours.target(Tensor(x0), Tensor(noise), t, "v").asnumpy()[1], -x0[1], atol=1e-7)
+    assert ours.snr(t).asnumpy()[1] == 0.0
+
+
+@pytest.mark.torch
+def test_zero_terminal_snr_matches_diffusers():
+    pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                  beta_schedule="scaled_linear", rescale_betas_zero_snr=True)
+    ours = NoiseSchedule(zero_terminal_snr=True)
+    # diffusers rescales in float32; ours is float64.
+    np.testing.assert_allclose(ours.alphas_cumprod, ref.alphas_cumprod.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ours.betas, ref.betas.numpy(), rtol=0, atol=1e-5)  # float32 ratios of ~1e-3

@@ -84,6 +84,7 @@ def test_recipes_in_repo_load():
     (["--data_path", "d", "--caption_dropout", "1.5"], "--caption_dropout 1.5"),
     (["--data_path", "d", "--use_lora", "--train_text_encoder"], "--lora_text_encoder"),
     (["--data_path", "d", "--lr_scheduler", "linear"], "invalid choice"),
+    (["--data_path", "d", "--zero_terminal_snr"], "--zero_terminal_snr: zero_terminal_snr needs parameterization 'v'"),
 ])
 def test_cli_rejects_bad_flags_with_one_line(tmp_path, flags, message):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "out"), *flags],

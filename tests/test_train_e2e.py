@@ -245,11 +245,13 @@ def test_autoencoder_stage_then_unet_from_it(setup, tmp_path):
     assert 0.01 < scaled["scale_factor"] < 100 and scaled["scale_factor"] != MICRO_MODEL["scale_factor"]
 
     args = train_args(data, vae_out / "model_config.yaml", unet_out,
-                      "--pretrained_model_path", str(vae_out / "model.ckpt"), "--prediction_type", "v_prediction")
+                      "--pretrained_model_path", str(vae_out / "model.ckpt"), "--prediction_type", "v_prediction",
+                      "--zero_terminal_snr")
     args[args.index("--max_train_steps") + 1] = "3"
     run_train(args, env, root)
-    # The config written beside the weights records what they were trained to predict.
-    assert load_model_config(unet_out / "model_config.yaml")["parameterization"] == "v"
+    # The config written beside the weights records what they were trained to predict, and on which schedule.
+    trained = load_model_config(unet_out / "model_config.yaml")
+    assert trained["parameterization"] == "v" and trained["zero_terminal_snr"] is True
     unet_final = load_state(unet_out / "model.ckpt")
     vae_keys = [k for k in vae_final if k.startswith("first_stage_model.")]
     assert all(np.array_equal(unet_final[k], vae_final[k]) for k in vae_keys)  # frozen, carried over

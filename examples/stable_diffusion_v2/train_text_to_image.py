@@ -57,6 +57,25 @@ def check_args(args) -> None:
         raise UserError("--train_target vae trains the autoencoder alone: drop --use_lora / --train_text_encoder")
     if args.use_lora and args.train_text_encoder:
         raise UserError("--train_text_encoder with --use_lora: use --lora_text_encoder to adapt the text tower")
+    if args.train_target == "unet":
+        from mindone.models.config import load_model_config
+
+        trained_model_config(args, load_model_config(args.model_config))
+
+
+def trained_model_config(args, model_cfg: dict) -> dict:
+    """The model config with the flags' training target and schedule (--prediction_type, --zero_terminal_snr)."""
+    from mindone.models.stable_diffusion import check_terminal_snr
+
+    if args.prediction_type:
+        model_cfg = dict(model_cfg, parameterization="v" if args.prediction_type == "v_prediction" else "eps")
+    if args.zero_terminal_snr is not None:
+        model_cfg = dict(model_cfg, zero_terminal_snr=args.zero_terminal_snr)
+    try:
+        check_terminal_snr(model_cfg.get("parameterization", "eps"), bool(model_cfg.get("zero_terminal_snr")))
+    except ValueError as err:
+        raise UserError(f"--zero_terminal_snr: {err}; add --prediction_type v_prediction") from None
+    return model_cfg
 
 
 def build_model(args, model_cfg: dict):
@@ -75,8 +94,6 @@ def build_model(args, model_cfg: dict):
         logger.info("no --pretrained_model_path: training from random initialisation")
         if args.vae_init_logvar is not None:
             init_posterior_logvar(model.first_stage_model, args.vae_init_logvar)
-    if args.prediction_type:
-        model.parameterization = "v" if args.prediction_type == "v_prediction" else "eps"
 
     trained = ("first_stage_model.",) if args.train_target == "vae" else (
         ("model.diffusion_model.", "cond_stage_model.") if args.train_text_encoder else ("model.diffusion_model.",))
@@ -178,7 +195,7 @@ def init_posterior_logvar(vae, value: float) -> None:
 
 # Options that change the compiled train graph (for the compile-cache key); data and schedule options do not.
 GRAPH_OPTIONS = ("model_config", "resolution", "train_batch_size", "gradient_accumulation_steps", "mixed_precision",
-                 "prediction_type", "snr_gamma", "max_grad_norm", "use_ema", "train_text_encoder", "use_lora",
+                 "prediction_type", "zero_terminal_snr", "snr_gamma", "max_grad_norm", "use_ema", "train_text_encoder", "use_lora",
                  "lora_rank", "lora_alpha", "lora_text_encoder", "train_target", "mode", "device_target",
                  "distributed", "dataset_type")
 
@@ -221,7 +238,7 @@ def train(args, dev) -> None:
     from mindone.train.validation import Validator
 
     out = Path(args.output_dir)
-    model_cfg = load_model_config(args.model_config)
+    model_cfg = trained_model_config(args, load_model_config(args.model_config))
     shape = latent_shape(model_cfg, args.resolution)
     tokenizer = SDTokenizer(args.vocab_path)
     if args.dataset_type == "latents":
@@ -251,7 +268,8 @@ def train(args, dev) -> None:
     else:
         # Gradients must reach the text tower when it is trained, in full or through its LoRA adapters.
         text_grads = args.train_text_encoder or (args.use_lora and args.lora_text_encoder)
-        loss_cell = DiffusionLoss(model, NoiseSchedule(), model.parameterization, args.snr_gamma, text_grads,
+        loss_cell = DiffusionLoss(model, NoiseSchedule(zero_terminal_snr=model.zero_terminal_snr),
+                                  model.parameterization, args.snr_gamma, text_grads,
                                   from_moments=args.dataset_type == "latents",
                                   cached_text=data_options(args).get("cached_text", False))
     step_fn = TrainStep(loss_cell, optimizer, scaler, accum, args.max_grad_norm, ema)
@@ -333,9 +351,8 @@ def train(args, dev) -> None:
         if args.train_target == "vae":
             write_scaled_model_config(model, model_cfg, batches, out / "model_config.yaml")
         else:
-            # The trained parameterization goes with the weights (--prediction_type may override the yaml's).
-            saved = dict(model_cfg, parameterization=model.parameterization)
-            atomic_write_text(out / "model_config.yaml", yaml.safe_dump(saved, sort_keys=False))
+            # The trained parameterization and schedule (flags applied) go with the weights.
+            atomic_write_text(out / "model_config.yaml", yaml.safe_dump(model_cfg, sort_keys=False))
 
 
 def _current_lr(optimizer, schedule: Sequence[float]) -> float:

@@ -65,14 +65,15 @@ class StableDiffusionPipeline:
         model: the latent diffusion model (its ``parameterization`` picks eps or v sampling).
         tokenizer: ``list[str] -> int32 [N, 77]`` (``SDTokenizer``).
         image_size: default height and width in pixels.
-        schedule: the training noise schedule (default: SD's scaled-linear betas over 1000 steps).
+        schedule: the training noise schedule (default: SD's scaled-linear betas over 1000 steps, rescaled to a
+            zero terminal SNR when the model was trained so).
     """
 
     def __init__(self, model: nn.Cell, tokenizer, image_size: int = 512, schedule: NoiseSchedule | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.image_size = image_size
-        self.schedule = schedule or NoiseSchedule()
+        self.schedule = schedule or NoiseSchedule(zero_terminal_snr=getattr(model, "zero_terminal_snr", False))
         vae = model.first_stage_model
         self.latent_channels = vae.post_quant_conv.in_channels
         self.vae_scale_factor = 2 ** _count_downsamplers(vae.encoder)

@@ -5,6 +5,15 @@ samplers read, and as float32 MindSpore constants, which the graph-safe helpers 
 :meth:`target`, :meth:`snr` and :meth:`alphas_cumprod_at` gather at a batch of integer timesteps. The square roots are taken in float64
 before the cast, so ``sqrt(1 - alphas_cumprod)`` keeps its precision at small t, where ``1 - acp`` is ~1e-3.
 
+``zero_terminal_snr=True`` rescales the betas so that ``acp[T-1] = 0`` (Lin et al. 2023, "Common Diffusion
+Noise Schedules and Sample Steps are Flawed", Algorithm 1): ``sqrt(acp)`` is shifted to end at 0 and
+scaled to keep its first value. SD's own schedule ends at ``acp = 0.0047``, which leaves the low
+frequencies of the image (its mean colour above all) readable in the noisiest training input, while
+sampling starts from pure noise; a model trained on it learns to take the colour from the noise instead
+of from the prompt. With a zero terminal SNR the last step sees noise only, so only v-prediction can be
+trained on it (eps is the input itself there, and x0 cannot be recovered from it), and samplers should
+start at ``t = T - 1`` (``"trailing"`` timestep spacing).
+
 The class is a ``mindspore.jit_class``: a training step compiled in GRAPH_MODE can keep an instance as an
 attribute and call the helpers from ``construct``.
 """
@@ -37,6 +46,16 @@ def make_betas(num_train_timesteps: int, beta_start: float, beta_end: float, bet
     raise ValueError(f"beta_schedule must be 'scaled_linear' or 'linear', got {beta_schedule!r}")
 
 
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Betas whose ``sqrt(acp)`` is the original one shifted to end at 0 and scaled to keep its start."""
+    root = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = root[0], root[-1]
+    root = (root - last) * (first / (first - last))
+    acp = root**2
+    alphas = np.concatenate([acp[:1], acp[1:] / acp[:-1]])
+    return 1.0 - alphas
+
+
 @ms.jit_class
 class NoiseSchedule:
     """Discrete DDPM schedule: ``x_t = sqrt(acp[t]) * x0 + sqrt(1 - acp[t]) * noise``.
@@ -45,6 +64,7 @@ class NoiseSchedule:
         num_train_timesteps: number of training timesteps (SD: 1000).
         beta_start, beta_end: first and last beta (SD: 0.00085, 0.012).
         beta_schedule: ``"scaled_linear"`` (SD) or ``"linear"``.
+        zero_terminal_snr: rescale the betas so the last timestep is pure noise (see the module docstring).
     """
 
     def __init__(
@@ -53,9 +73,13 @@ class NoiseSchedule:
         beta_start: float = 0.00085,
         beta_end: float = 0.012,
         beta_schedule: str = "scaled_linear",
+        zero_terminal_snr: bool = False,
     ) -> None:
         self.num_train_timesteps = num_train_timesteps
+        self.zero_terminal_snr = bool(zero_terminal_snr)
         self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule)
+        if self.zero_terminal_snr:
+            self.betas = rescale_zero_terminal_snr(self.betas)
         self.alphas_cumprod = np.cumprod(1.0 - self.betas)
         # MindSpore constants gathered by the graph-mode helpers below.
         self.alphas_cumprod_ms = Tensor(self.alphas_cumprod.astype(np.float32))

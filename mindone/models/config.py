@@ -12,7 +12,7 @@ from mindone.utils.cli import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
 _SECTIONS = ("unet", "vae", "text_encoder")
-_TOP_LEVEL = {"model", "scale_factor", "parameterization", "image_size"}
+_TOP_LEVEL = {"model", "scale_factor", "parameterization", "zero_terminal_snr", "image_size"}
 
 
 def load_model_config(path: str | Path) -> dict[str, Any]:
@@ -69,6 +69,7 @@ def build_model(cfg: dict[str, Any]):
         text_encoder=OpenCLIPTextEncoder(**model_cfg["text_encoder"]),
         scale_factor=float(cfg.get("scale_factor", 0.18215)),
         parameterization=cfg.get("parameterization", "eps"),
+        zero_terminal_snr=bool(cfg.get("zero_terminal_snr", False)),
     )
 
 

@@ -26,19 +26,29 @@ class DiffusionWrapper(nn.Cell):
         return self.diffusion_model(x, t, context)
 
 
+def check_terminal_snr(parameterization: str, zero_terminal_snr: bool) -> None:
+    """A zero terminal SNR needs v-prediction: at the last timestep eps is the input itself and x0 unknowable."""
+    if zero_terminal_snr and parameterization != "v":
+        raise ValueError("zero_terminal_snr needs parameterization 'v' (v-prediction), got "
+                         f"{parameterization!r}")
+
+
 class LatentDiffusion(nn.Cell):
     """SD 2.x latent diffusion model; ``construct`` is the UNet call (x_t, t, context) -> prediction."""
 
     def __init__(self, unet: UNetModel, vae: AutoencoderKL, text_encoder: OpenCLIPTextEncoder,
-                 scale_factor: float = 0.18215, parameterization: str = "eps"):
+                 scale_factor: float = 0.18215, parameterization: str = "eps", zero_terminal_snr: bool = False):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        check_terminal_snr(parameterization, zero_terminal_snr)
         self.model = DiffusionWrapper(unet)
         self.first_stage_model = vae
         self.cond_stage_model = text_encoder
         self.scale_factor = scale_factor
         self.parameterization = parameterization
+        # Whether the noise schedule it was trained on ends in pure noise (NoiseSchedule(zero_terminal_snr=...)).
+        self.zero_terminal_snr = bool(zero_terminal_snr)
 
     def encode_images(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
         """Images in [-1, 1] NCHW -> scaled latents (posterior sample with ``noise``, or the mean)."""

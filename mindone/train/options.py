@@ -58,6 +58,9 @@ TRAIN_OPTIONS: list[Option] = [
            "open_clip_torch package)", group="model"),
     Option("prediction_type", str, None, "training target; unset: the model config's parameterization",
            choices=PREDICTION_TYPES, group="model"),
+    Option("zero_terminal_snr", bool, None, "rescale the noise schedule so its last timestep is pure noise (Lin et "
+           "al. 2023; needs v-prediction; samplers then start at t=999); unset: the model config's "
+           "zero_terminal_snr (default false)", group="model"),
     Option("train_target", str, "unet", "unet: the diffusion model (SD training and fine-tuning); vae: the "
            "autoencoder alone (L1 reconstruction + KL), for a model that starts from random weights, such as "
            "the demo's tiny one; train the UNet from its model.ckpt afterwards", choices=("unet", "vae"),

@@ -11,9 +11,14 @@ SAMPLERS = ("ddim", "dpm++")
 
 
 def make_sampler(name: str, schedule: NoiseSchedule, prediction_type: str, eta: float = 0.0) -> Sampler:
-    """``"ddim"`` (SD 2 defaults, optional ``eta``) or ``"dpm++"`` (DPM-Solver++ 2M)."""
+    """``"ddim"`` (SD 2 defaults, optional ``eta``) or ``"dpm++"`` (DPM-Solver++ 2M).
+
+    On a zero-terminal-SNR schedule DDIM uses ``"trailing"`` spacing, so that sampling starts at ``t = T - 1``,
+    the pure-noise point the model was trained on (Lin et al. 2023, section 3.3).
+    """
     if name == "ddim":
-        return DDIMSampler(schedule, prediction_type, eta=eta)
+        spacing = "trailing" if schedule.zero_terminal_snr else "leading"
+        return DDIMSampler(schedule, prediction_type, eta=eta, timestep_spacing=spacing)
     if name == "dpm++":
         if eta:
             raise ValueError("eta applies to the ddim sampler only")

@@ -6,6 +6,8 @@ use the previous data prediction, and, as in diffusers with ``final_sigmas_type=
 into sigma = 0 is first order (so diffusers' ``lower_order_final`` changes nothing at order <= 2).
 Defaults are what ``DPMSolverMultistepScheduler.from_config(<SD 2 scheduler config>)`` gives:
 ``timestep_spacing="linspace"`` (the SD 2 config sets no spacing, and this scheduler's default wins).
+On a zero-terminal-SNR schedule the pure-noise point's ``acp = 0`` is taken as ``2**-24``, as diffusers
+does, so that ``lambda = log(alpha / sigma)`` stays finite.
 """
 
 from __future__ import annotations
@@ -62,10 +64,14 @@ class DPMSolverSampler(Sampler):
         else:
             self.timesteps = spaced_timesteps(T, num_steps, self.timestep_spacing, self.steps_offset)
         # (alpha, sigma) at each timestep, then the end point: sigma = 0 (clean data).
-        self._alpha_sigma = [self.alpha_sigma(int(t)) for t in self.timesteps] + [(1.0, 0.0)]
+        self._alpha_sigma = [self._finite_alpha_sigma(int(t)) for t in self.timesteps] + [(1.0, 0.0)]
         self._previous_x0 = None
         self._next_index = 0
         return self.timesteps
+
+    def _finite_alpha_sigma(self, t: int) -> tuple[float, float]:
+        acp = max(float(self.schedule.alphas_cumprod[t]), 2.0**-24)
+        return math.sqrt(acp), math.sqrt(1.0 - acp)
 
     def step(self, model_output: Array, index: int, sample: Array, noise: Array | None = None) -> Array:
         if index != self._next_index:
