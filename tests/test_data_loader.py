@@ -150,7 +150,7 @@ def test_filters_on_the_json(uneven_clean):
     passing = {k for k, m in meta.items() if m["AESTHETIC_SCORE"] >= 5.0 and m["pwatermark"] <= 0.7}
     assert keys == passing and 0 < len(passing) < 32
     counts = s.last_epoch_counts
-    assert counts["filtered_min_aesthetic"] + counts["filtered_max_watermark"] >= 32 - len(passing)
+    assert counts["filtered_min_aesthetic"] + counts["filtered_max_pwatermark"] >= 32 - len(passing)
 
 
 @pytest.mark.timeout(120)

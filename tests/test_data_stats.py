@@ -201,12 +201,12 @@ def test_post_download_filters_write_filtered_shards(tmp_path):
     samples[3]["meta"] = {}  # no scores at all: unjudged, passes (same rule as the training loader)
     write_shard(tmp_path / "data" / "part_1", 0, samples)
     write_shard(tmp_path / "data" / "part_1", 1, samples[:4])
-    flt = SampleFilters(min_width=500, min_aesthetic=5.0, max_watermark=0.5)  # what the loader would apply
+    flt = SampleFilters(min_width=500, min_aesthetic=5.0, max_pwatermark=0.5)  # what the loader would apply
     expected = [f"c{i}" for i, s in enumerate(samples) if passes(flt, {"key": "k", **s["meta"]})]
     # by hand: i>=4 for width (300+50i>=500), i>=5 for aesthetic, i<=10 for watermark, plus the unjudged one
     assert expected == ["c3"] + [f"c{i}" for i in range(5, 11)]
     data, out = tmp_path / "data", tmp_path / "filtered"
-    proc = run_tool("--data_dir", str(data), "--min_width", "500", "--min_aesthetic", "5.0", "--max_watermark", "0.5",
+    proc = run_tool("--data_dir", str(data), "--min_width", "500", "--min_aesthetic", "5.0", "--max_pwatermark", "0.5",
                     "--filtered_output_dir", str(out), "--all_stats")  # fmt: skip
     assert pd.read_csv(data / "part_1_stats.csv")["num_samples"].tolist() == [12, 4]  # the source counts stay whole
     stats = pd.read_csv(out / "part_1_stats.csv")

@@ -88,7 +88,7 @@ def test_filters_thresholds_and_unjudged_counts():
     assert f.check(good, counts) is None
     assert f.check({**good, "original_height": 500}, counts) == "filtered_min_size"
     assert f.check({**good, "AESTHETIC_SCORE": None, "aesthetic": 4.0}, counts) == "filtered_min_aesthetic"
-    assert f.check({**good, "pwatermark": 0.9}, counts) == "filtered_max_watermark"
+    assert f.check({**good, "pwatermark": 0.9}, counts) == "filtered_max_pwatermark"
     assert f.check({**good, "similarity": 0.1}, counts) == "filtered_min_similarity"
     assert f.check({k: v for k, v in good.items() if k != "similarity"}, counts) is None
     assert counts == {"unjudged_min_similarity": 1}

@@ -109,7 +109,7 @@ def test_loader_flags_reach_the_data_stream(tmp_path):
                     "--filter_min_aesthetic", "5", "--filter_max_watermark", "0.8", "--uneven_policy", "drop",
                     "--shuffle_buffer", "3", "--shard_root", str(tmp_path)])
     options = script.data_options(args)
-    assert options["filters"] == {"min_aesthetic": 5.0, "max_watermark": 0.8}
+    assert options["filters"] == {"min_aesthetic": 5.0, "max_pwatermark": 0.8}  # the old flag name, read as the new
     assert (options["uneven"], options["shuffle_buffer"], options["shard_root"]) == ("drop", 3, str(tmp_path))
     stream = build_sample_stream("webdataset", tmp_path, fake_tokenizer, rank=0, world_size=1, num_workers=0,
                                  **options)

@@ -1,15 +1,17 @@
-"""Optional per-sample filters on the img2dataset json (``{key}.json``).
+"""Optional per-sample filters on the img2dataset json (``{key}.json``): the load-time filters.
 
-``filters`` is a dict; every key is optional:
+``filters`` is a dict of thresholds, keyed by the names of :data:`mindone.data.filter_vocab.SAMPLE_FILTERS`
+(an old name, such as ``max_watermark`` for ``max_pwatermark``, is accepted too); every key is optional:
 
 - ``min_size``: smallest side of the *original* image (``original_width``/``original_height``, else
-  ``width``/``height``, else ``WIDTH``/``HEIGHT``) must be at least this;
+  ``WIDTH``/``HEIGHT`` or ``width``/``height``) must be at least this;
 - ``min_width`` / ``min_height``: the same, per side;
 - ``min_similarity``: CLIP image-text ``similarity``;
 - ``min_aesthetic``: ``AESTHETIC_SCORE`` / ``aesthetic`` / ``aesthetic_score``;
-- ``max_watermark``: ``pwatermark``;
+- ``max_pwatermark``: ``pwatermark``;
 - ``max_punsafe``: ``punsafe``.
 
+(The json fields tried are the metadata column's aliases, :func:`mindone.data.filter_vocab.json_keys`.)
 A sample whose json lacks the field a filter needs (or has null / NaN there) passes that filter and is
 counted as ``unjudged_<filter>``; a sample that fails is skipped and counted as ``filtered_<filter>``.
 """
@@ -17,14 +19,11 @@ counted as ``unjudged_<filter>``; a sample that fails is skipped and counted as 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import field, fields, make_dataclass
 from typing import Any, Mapping
 
+from mindone.data.filter_vocab import SAMPLE_FILTERS, SIZE, canonical_names, json_keys
 from mindone.utils.cli import UserError
-
-_WIDTH = ("original_width", "width", "WIDTH")
-_HEIGHT = ("original_height", "height", "HEIGHT")
-_AESTHETIC = ("AESTHETIC_SCORE", "aesthetic", "aesthetic_score")
 
 
 def _number(meta: Mapping[str, Any], names: tuple[str, ...]) -> float | None:
@@ -41,23 +40,25 @@ def _number(meta: Mapping[str, Any], names: tuple[str, ...]) -> float | None:
     return None
 
 
-@dataclass(frozen=True)
-class SampleFilters:
-    """Thresholds; None disables a filter."""
+def _value(meta: Mapping[str, Any], column: str) -> float | None:
+    """The sample's value of a vocabulary column; ``size`` is the original image's smaller side."""
+    if column == SIZE:
+        width, height = _number(meta, json_keys("width")), _number(meta, json_keys("height"))
+        return None if width is None or height is None else min(width, height)
+    return _number(meta, json_keys(column))
 
-    min_size: float | None = None
-    min_width: float | None = None
-    min_height: float | None = None
-    min_similarity: float | None = None
-    min_aesthetic: float | None = None
-    max_watermark: float | None = None
-    max_punsafe: float | None = None
+
+class _SampleFiltersBase:
+    """The methods of :class:`SampleFilters` (whose fields come from the vocabulary)."""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | "SampleFilters" | None) -> "SampleFilters":
-        if isinstance(config, SampleFilters):
+        if isinstance(config, cls):
             return config
-        config = dict(config or {})
+        try:
+            config = canonical_names(dict(config or {}))
+        except ValueError as err:
+            raise UserError(f"filters: {err}") from None
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - allowed)
         if unknown:
@@ -77,22 +78,23 @@ class SampleFilters:
         ``counts`` receives ``unjudged_<name>`` for each filter the json cannot answer.
         """
         meta = meta or {}
-        width, height = _number(meta, _WIDTH), _number(meta, _HEIGHT)
-        checks = (
-            ("min_size", None if width is None or height is None else min(width, height), 1),
-            ("min_width", width, 1),
-            ("min_height", height, 1),
-            ("min_similarity", _number(meta, ("similarity",)), 1),
-            ("min_aesthetic", _number(meta, _AESTHETIC), 1),
-            ("max_watermark", _number(meta, ("pwatermark",)), -1),
-            ("max_punsafe", _number(meta, ("punsafe",)), -1),
-        )
-        for name, value, sign in checks:
-            threshold = getattr(self, name)
+        for spec in SAMPLE_FILTERS:
+            threshold = getattr(self, spec.name)
             if threshold is None:
                 continue
+            value = _value(meta, spec.column)
             if value is None:
-                counts[f"unjudged_{name}"] = counts.get(f"unjudged_{name}", 0) + 1
-            elif (value < threshold) if sign > 0 else (value > threshold):
-                return f"filtered_{name}"
+                counts[f"unjudged_{spec.name}"] = counts.get(f"unjudged_{spec.name}", 0) + 1
+            elif (value < threshold) if spec.op == ">=" else (value > threshold):
+                return f"filtered_{spec.name}"
         return None
+
+
+# One float-or-None field per sample filter of the vocabulary, in its order; None disables a filter.
+SampleFilters = make_dataclass(
+    "SampleFilters",
+    [(spec.name, "float | None", field(default=None)) for spec in SAMPLE_FILTERS],
+    bases=(_SampleFiltersBase,),
+    frozen=True,
+    namespace={"__module__": __name__, "__doc__": "Thresholds of the json filters (``filters``); None disables one."},
+)

@@ -3,6 +3,10 @@
 Null semantics: a row whose value is null (or NaN, for float columns) fails every condition on that
 column. So a row with NaN WIDTH never passes ``width>=512``, and a null caption fails a caption-length
 condition (an empty caption has length 0 and is compared as such).
+
+Which conditions exist (a flag per filter name, on its logical column with its operator, in the fixed
+order used to attribute removed rows, with seed 001's defaults: WIDTH>=512, HEIGHT>=512, punsafe<=0.98,
+AESTHETIC_SCORE>=4.5) is the filter vocabulary's :data:`mindone.data.filter_vocab.METADATA_FILTERS`.
 """
 
 from __future__ import annotations
@@ -14,32 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# (flag name, logical column, operator) in the fixed order used to attribute removed rows.
-CONDITION_FLAGS: tuple[tuple[str, str, str], ...] = (
-    ("min_width", "width", ">="),
-    ("min_height", "height", ">="),
-    ("max_punsafe", "punsafe", "<="),
-    ("min_aesthetic", "aesthetic", ">="),
-    ("max_pwatermark", "pwatermark", "<="),
-    ("min_similarity", "similarity", ">="),
-    ("language", "language", "in"),
-    ("min_caption_length", "text", "len>="),
-    ("max_caption_length", "text", "len<="),
-)
-
-# seed 001 (SD 2.1-base): WIDTH>=512, HEIGHT>=512, punsafe<=0.98, AESTHETIC_SCORE>=4.5
-DEFAULTS: dict[str, Any] = {
-    "min_width": 512.0,
-    "min_height": 512.0,
-    "max_punsafe": 0.98,
-    "min_aesthetic": 4.5,
-    "max_pwatermark": None,
-    "min_similarity": None,
-    "language": None,
-    "min_caption_length": None,
-    "max_caption_length": None,
-}
-
+from mindone.data.filter_vocab import METADATA_FILTERS
 
 @dataclass(frozen=True)
 class Condition:
@@ -119,7 +98,7 @@ class Condition:
         return F.coalesce(expr, F.lit(False))
 
 
-def _parse_value(flag: str, op: str, raw: Any) -> Any:
+def _parse_value(op: str, raw: Any) -> Any:
     if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "off")):
         return None
     if op == "in":
@@ -129,16 +108,17 @@ def _parse_value(flag: str, op: str, raw: Any) -> Any:
 
 
 def build_conditions(options: dict[str, Any]) -> list[Condition]:
-    """Conditions from flag/yaml values (missing keys take seed 001's defaults; None turns one off)."""
+    """Conditions from flag/yaml values keyed by filter name (missing keys take seed 001's defaults; None
+    turns one off)."""
     from mindone.utils.cli import UserError
 
     conds = []
-    for flag, logical, op in CONDITION_FLAGS:
-        raw = options.get(flag, DEFAULTS[flag])
+    for spec in METADATA_FILTERS:
+        raw = options.get(spec.name, spec.metadata_default)
         try:
-            value = _parse_value(flag, op, raw)
+            value = _parse_value(spec.op, raw)
         except ValueError:
-            raise UserError(f"--{flag}: expected a number or 'none', got {raw!r}") from None
+            raise UserError(f"--{spec.name}: expected a number or 'none', got {raw!r}") from None
         if value is not None:
-            conds.append(Condition(logical, op, value))
+            conds.append(Condition(spec.column, spec.op, value))
     return conds

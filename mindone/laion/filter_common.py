@@ -34,9 +34,9 @@ class InputFile:
     columns: dict[str, str | None]  # logical -> physical (None: absent, condition skipped)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FilterPlan:
-    """Everything an engine needs to run a filter job."""
+    """Everything an engine needs to run a filter job (keyword arguments only: three of them are ints)."""
 
     inputs: list[InputFile]
     conditions: list[Condition]

@@ -3,7 +3,8 @@
 The thresholds and their meaning are ``mindone.data.filters.SampleFilters`` (the class the training loader
 applies at load time), reused here so that a count made at stats / csv time equals what the loader yields
 with the same thresholds: sizes are the original image's, a sample whose json lacks a field is not judged
-by that filter (it passes, counted as ``unjudged_<filter>``).
+by that filter (it passes, counted as ``unjudged_<filter>``). The flags, their old names and their help
+come from the filter vocabulary (:data:`mindone.data.filter_vocab.SAMPLE_FILTERS`).
 """
 
 from __future__ import annotations
@@ -12,34 +13,27 @@ import argparse
 from dataclasses import fields
 from typing import Any, Mapping
 
+from mindone.data.filter_vocab import SAMPLE_FILTERS
 from mindone.data.filters import SampleFilters
-
-_HELP = {
-    "min_size": "minimum smaller side of the original image, pixels",
-    "min_width": "minimum original image width, pixels",
-    "min_height": "minimum original image height, pixels",
-    "min_similarity": "minimum CLIP image-text similarity",
-    "min_aesthetic": "minimum aesthetic score (AESTHETIC_SCORE or aesthetic)",
-    "max_watermark": "maximum watermark probability (pwatermark)",
-    "max_punsafe": "maximum NSFW probability (punsafe)",
-}
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--<threshold>`` flag per field of SampleFilters."""
+    """One ``--<name>`` flag per sample filter (its old names accepted too)."""
     group = parser.add_argument_group(
         "post-download filters (on each sample's json; give the training loader the same thresholds)"
     )
-    for f in fields(SampleFilters):
-        group.add_argument(f"--{f.name}", type=float, help=_HELP.get(f.name, f.name))
+    for spec in SAMPLE_FILTERS:
+        group.add_argument(f"--{spec.name}", *(f"--{a}" for a in spec.aliases), dest=spec.name, type=float,
+                           help=spec.sample_help)
 
 
 def filters_from_args(args: argparse.Namespace) -> SampleFilters:
-    return SampleFilters.from_config({f.name: getattr(args, f.name) for f in fields(SampleFilters) if getattr(args, f.name, None) is not None})
+    return SampleFilters.from_config({s.name: getattr(args, s.name) for s in SAMPLE_FILTERS
+                                      if getattr(args, s.name, None) is not None})
 
 
 def describe(filters: SampleFilters) -> str:
-    """``min_aesthetic=5.0, max_watermark=0.5`` (what to pass as the loader's ``filters``)."""
+    """``min_aesthetic=5.0, max_pwatermark=0.5`` (what to pass as the loader's ``filters``)."""
     return ", ".join(f"{f.name}={getattr(filters, f.name)}" for f in fields(filters) if getattr(filters, f.name) is not None) or "none"
 
 

@@ -9,21 +9,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from mindone.data.filter_vocab import COLUMN_ALIASES
 from mindone.utils.cli import UserError
 
-# logical name -> accepted physical names, in order of preference
-ALIASES: dict[str, tuple[str, ...]] = {
-    "url": ("URL", "url"),
-    "text": ("TEXT", "text", "caption", "CAPTION"),
-    "width": ("WIDTH", "width"),
-    "height": ("HEIGHT", "height"),
-    "punsafe": ("punsafe", "PUNSAFE"),
-    "pwatermark": ("pwatermark", "PWATERMARK"),
-    "aesthetic": ("AESTHETIC_SCORE", "aesthetic", "aesthetic_score"),
-    "similarity": ("similarity", "SIMILARITY"),
-    "language": ("LANGUAGE", "language", "lang"),
-    "hash": ("hash", "HASH"),
-}
+# logical name -> accepted physical names, in order of preference (owned by the filter vocabulary)
+ALIASES = COLUMN_ALIASES
 
 NUMERIC = {"width", "height", "punsafe", "pwatermark", "aesthetic", "similarity"}
 STRING = {"url", "text", "language"}

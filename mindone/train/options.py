@@ -5,20 +5,14 @@ Names follow diffusers' ``train_text_to_image.py`` where the meaning is the same
 
 from __future__ import annotations
 
+from mindone.data.filter_vocab import SAMPLE_FILTERS
 from mindone.train.optim import LR_SCHEDULERS
 from mindone.utils.config import Option
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
-# Load-time filters on each sample's img2dataset json (mindone.data.filters.SampleFilters), as --filter_<name>.
-DATA_FILTERS = (
-    ("min_size", "original image's smaller side is below this"),
-    ("min_width", "original width is below this"),
-    ("min_height", "original height is below this"),
-    ("min_similarity", "CLIP similarity is below this"),
-    ("min_aesthetic", "AESTHETIC_SCORE / aesthetic is below this"),
-    ("max_watermark", "pwatermark is above this"),
-    ("max_punsafe", "punsafe is above this"),
-)
+# Load-time filters on each sample's img2dataset json (mindone.data.filters.SampleFilters), as --filter_<name>
+# (old names as aliases): (name, help) per sample filter of the vocabulary, mindone.data.filter_vocab.
+DATA_FILTERS = tuple((spec.name, spec.load_help) for spec in SAMPLE_FILTERS)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 TRAIN_OPTIONS: list[Option] = [
@@ -47,8 +41,9 @@ TRAIN_OPTIONS: list[Option] = [
     Option("uneven_policy", str, "pad", "when samples do not divide evenly over ranks x batch: pad (repeat a few "
            "samples so no sample is dropped) or drop (leave the remainder out); both give every rank the same "
            "number of steps", choices=("pad", "drop"), group="data"),
-    *[Option(f"filter_{name}", float, None, f"skip samples whose json {help_text} (load-time filter; unset: off)",
-             group="data") for name, help_text in DATA_FILTERS],
+    *[Option(f"filter_{spec.name}", float, None, f"skip samples whose json {spec.load_help} (load-time filter; "
+             "unset: off)", aliases=tuple(f"filter_{a}" for a in spec.aliases), group="data")
+      for spec in SAMPLE_FILTERS],
     # model
     Option("model_config", str, "v2-base-512-eps", "model yaml (path or bundled name: v2-base-512-eps, "
            "v2-768-v, tiny)", group="model"),

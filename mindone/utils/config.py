@@ -40,6 +40,7 @@ class Option:
 
     ``type=bool`` makes a flag that works bare (``--use_ema``) or with a value (``--use_ema false``).
     ``multiple=True`` makes a list (``--validation_prompts "a cat" "a dog"``; a yaml list).
+    ``aliases``: old names still accepted as flags and yaml keys; the saved config uses ``name``.
     """
 
     name: str
@@ -50,6 +51,7 @@ class Option:
     multiple: bool = False
     group: str = "options"
     metavar: str | None = field(default=None, repr=False)
+    aliases: tuple[str, ...] = ()
 
     def convert(self, value: Any) -> Any:
         """Convert one yaml/flag value (or a list of them) to the option's type; ValueError when it cannot."""
@@ -95,7 +97,7 @@ def build_parser(options: Sequence[Option], description: str, prog: str | None =
             kwargs.update(type=opt.type, nargs="*")
         else:
             kwargs.update(type=opt.type)
-        group.add_argument(f"--{opt.name}", **kwargs)
+        group.add_argument(f"--{opt.name}", *(f"--{a}" for a in opt.aliases), **kwargs)
     return parser
 
 
@@ -114,13 +116,18 @@ def load_yaml_defaults(path: str | os.PathLike, options: Sequence[Option]) -> di
         return {}
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: expected a mapping of option: value, got {type(data).__name__}")
-    by_name = {opt.name: opt for opt in options}
+    by_name = {name: opt for opt in options for name in (opt.name, *opt.aliases)}
     values: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
     for key, value in data.items():
         if key not in by_name:
             raise UserError(f"--config {path}: unknown key {key!r} (see --help for the options)")
+        opt = by_name[key]
+        if opt.name in given_as:
+            raise UserError(f"--config {path}: keys {given_as[opt.name]!r} and {key!r} are one option: give one")
+        given_as[opt.name] = key
         try:
-            values[key] = by_name[key].convert(value)
+            values[opt.name] = opt.convert(value)
         except ValueError as err:
             raise UserError(f"--config {path}: key {key!r}: {err}") from None
     return values

@@ -23,7 +23,8 @@ import time  # noqa: E402
 from pathlib import Path
 from typing import Any, Sequence
 
-from mindone.laion.conditions import CONDITION_FLAGS, DEFAULTS, build_conditions
+from mindone.data.filter_vocab import METADATA_FILTERS, canonical_names
+from mindone.laion.conditions import build_conditions
 from mindone.laion.filter_common import FilterPlan, inspect_inputs, list_parquet_files, unify_output_schema
 from mindone.laion.report import build_report, check_figures, format_check, write_report
 from mindone.laion.staging import check_target, staged_directory
@@ -31,19 +32,6 @@ from mindone.utils.cli import UserError, run_main, setup_cli_logging
 
 log = logging.getLogger("laion_filter_metadata")
 COMPRESSION_CHOICES = ["snappy", "zstd", "lz4", "gzip", "none"]
-
-_CONDITION_HELP = {
-    "min_width": "keep WIDTH >= this (seed 001: 512)",
-    "min_height": "keep HEIGHT >= this (seed 001: 512)",
-    "max_punsafe": "keep punsafe <= this (seed 001: 0.98)",
-    "min_aesthetic": "keep AESTHETIC_SCORE/aesthetic >= this (seed 001: 4.5)",
-    "max_pwatermark": "keep pwatermark <= this (off by default)",
-    "min_similarity": "keep CLIP similarity >= this (off by default)",
-    "language": "keep LANGUAGE in this comma-separated list, e.g. en (off by default)",
-    "min_caption_length": "keep captions with at least this many characters (off by default)",
-    "max_caption_length": "keep captions with at most this many characters (off by default)",
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", help="folder of input parquet files (downloaded metadata, or a filtered output)")
     p.add_argument("--output_dir", help="folder to create with part_<N>.parquet and filter_report.json")
     g = p.add_argument_group("conditions (a value of 'none' turns a condition off)")
-    for flag, _, _ in CONDITION_FLAGS:
-        g.add_argument(f"--{flag}", default=DEFAULTS[flag], help=_CONDITION_HELP[flag])
+    for spec in METADATA_FILTERS:
+        g.add_argument(f"--{spec.name}", *(f"--{a}" for a in spec.aliases), dest=spec.name,
+                       default=spec.metadata_default, help=spec.metadata_help)
     g.add_argument("--skip_missing_columns", action="store_true",
                    help="skip a condition in files lacking its column (default: stop with an error)")
     o = p.add_argument_group("output")
@@ -98,6 +87,10 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
             raise UserError(f"--config {path}: cannot read ({str(err).splitlines()[0]})") from None
         if not isinstance(loaded, dict):
             raise UserError(f"--config {path}: expected a mapping of flag names to values")
+        try:
+            loaded = canonical_names(loaded)  # a filter's old name (max_watermark) is its name
+        except ValueError as err:
+            raise UserError(f"--config {path}: {err}") from None
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(loaded) - known)
         if unknown:
@@ -135,10 +128,13 @@ def run_filter(args: argparse.Namespace, spark=None) -> dict[str, Any]:
                 skipped.setdefault(c.name, []).append(f.path.name)
     for name, files in skipped.items():
         log.warning("condition %s skipped in %d file(s) lacking its column, e.g. %s", name, len(files), files[0])
-    plan = FilterPlan(inputs, conditions, unify_output_schema(inputs), dedup, args.shuffle, args.seed,
-                      args.num_parts or (None if args.rows_per_part else len(inputs)), args.rows_per_part,
-                      args.batch_rows, args.shuffle_bucket_mb, args.shuffle_buckets or None,
-                      Path(args.tmp_dir) if args.tmp_dir else None, args.compression)
+    plan = FilterPlan(
+        inputs=inputs, conditions=conditions, output_schema=unify_output_schema(inputs), dedup=dedup,
+        shuffle=args.shuffle, seed=args.seed, num_parts=args.num_parts or (None if args.rows_per_part else len(inputs)),
+        rows_per_part=args.rows_per_part, batch_rows=args.batch_rows, bucket_mb=args.shuffle_bucket_mb,
+        num_buckets=args.shuffle_buckets or None, scratch_dir=Path(args.tmp_dir) if args.tmp_dir else None,
+        compression=args.compression,
+    )
     start = time.time()
     with staged_directory(out_dir) as staging:
         if args.engine == "arrow":
