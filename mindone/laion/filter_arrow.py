@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -73,124 +73,153 @@ def align(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-class _Scanner:
-    """Iterates the inputs' batches, applies the conditions, and counts what each condition removes."""
+# The passes over the inputs. Each yields ``(file, batch, keep_mask)`` (or counts them) in input order:
+#   _count_pass    plain run, pass 1: the condition columns only; counts, and spills masks + values;
+#   _spilled_pass  plain run, pass 2: the other columns, each batch's mask read back from the spill;
+#   _scan_pass     dedup / shuffle run: every column, the conditions evaluated on each batch.
+# Read errors of an input become one line naming it (_read_errors); scratch-disk errors stay OSErrors.
 
-    def __init__(self, plan: FilterPlan, stats: FilterStats | None, progress: bool, desc: str) -> None:
-        self.plan, self.stats, self.progress, self.desc = plan, stats, progress, desc
 
-    def _masks(self, f: InputFile, batch: pa.RecordBatch) -> np.ndarray:
-        n = batch.num_rows
-        alive, left = None, n  # rows passing every condition so far, and how many
-        for i, cond in enumerate(self.plan.conditions):
-            physical = f.columns.get(cond.logical)
-            if physical is None:  # absent column, --skip_missing_columns given
-                continue
-            ok = cond.numpy_mask(batch.column(physical))
-            if alive is None:
-                alive = ok if ok.flags.writeable else ok.copy()
+@contextmanager
+def _read_errors(f: InputFile) -> Iterator[None]:
+    try:
+        yield
+    except (pa.ArrowException, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{f.path}: cannot read ({first})") from None
+
+
+def _read_file(plan: FilterPlan, f: InputFile, columns: list[str] | None, bar,
+               whole_row_groups: bool = False) -> Iterator[pa.RecordBatch]:
+    """``f``'s batches (``columns`` only; None: all), each row group's pages handed back once decoded.
+
+    ``whole_row_groups``: a row group up to WHOLE_ROW_GROUP_ROWS rows is read in one call (cheaper for a
+    few narrow columns) instead of in ``plan.batch_rows`` batches.
+    """
+    src = MappedParquet(f.path)
+    try:
+        for rg in range(src.file.num_row_groups):
+            rg_rows = src.file.metadata.row_group(rg).num_rows
+            if whole_row_groups and rg_rows <= WHOLE_ROW_GROUP_ROWS:
+                pieces = src.file.read_row_group(rg, columns=columns).to_batches()
             else:
-                np.logical_and(alive, ok, out=alive)
-            if self.stats is not None:
-                # removed first here = alive before - alive after (no temporaries for ~ok, alive & ~ok)
-                self.stats.failed_any[i] += n - int(np.count_nonzero(ok))
-                now = int(np.count_nonzero(alive))
-                self.stats.removed_first[i] += left - now
-                left = now
-        return np.ones(n, bool) if alive is None else alive
+                pieces = src.file.iter_batches(batch_size=plan.batch_rows, row_groups=[rg], columns=columns)
+            for batch in pieces:
+                bar.update(batch.num_rows)
+                yield batch
+            src.release(rg)  # decoded: its pages can leave this process's RSS
+    finally:
+        src.close()
 
-    def count(self, spill: ConditionSpill) -> int:
-        """Pass 1 on the condition columns only: fills the stats, and ``spill`` for :meth:`batches`.
 
-        Files are evaluated in parallel threads (decoding and numpy release the GIL): one thread
-        would leave a core idle while it computes a row group's masks.
-        """
+def _condition_mask(plan: FilterPlan, f: InputFile, batch: pa.RecordBatch, stats: FilterStats) -> np.ndarray:
+    """Rows of ``batch`` passing every condition; counts what each condition removes into ``stats``."""
+    n = batch.num_rows
+    alive, left = None, n  # rows passing every condition so far, and how many
+    for i, cond in enumerate(plan.conditions):
+        physical = f.columns.get(cond.logical)
+        if physical is None:  # absent column, --skip_missing_columns given
+            continue
+        ok = cond.numpy_mask(batch.column(physical))
+        if alive is None:
+            alive = ok if ok.flags.writeable else ok.copy()
+        else:
+            np.logical_and(alive, ok, out=alive)
+        # removed first here = alive before - alive after (no temporaries for ~ok, alive & ~ok)
+        stats.failed_any[i] += n - int(np.count_nonzero(ok))
+        now = int(np.count_nonzero(alive))
+        stats.removed_first[i] += left - now
+        left = now
+    return np.ones(n, bool) if alive is None else alive
 
-        def one(f: InputFile) -> tuple[int, FilterStats | None]:
-            local = FilterStats(self.stats.condition_names) if self.stats is not None else None
-            kept, writer = 0, None
-            try:
-                for _, batch, keep in _Scanner(self.plan, local, False, self.desc).batches(True, files=[f], bar=bar):
-                    if writer is None:  # spill the condition columns, unless pass 2 would have none left to read
-                        rest = set(f.schema.names) - set(batch.schema.names)
-                        writer = spill.writer(f, batch.schema if batch.num_columns and rest else None)
-                    writer.add(batch, keep)
-                    kept += int(np.count_nonzero(keep))
-            finally:
-                if writer is not None:
-                    writer.close()
-            return kept, local
 
-        workers = max(1, min(PASS_1_THREADS, os.cpu_count() or 1, len(self.plan.inputs)))
-        total_rows = sum(f.rows for f in self.plan.inputs)
-        with _bar(total=total_rows, unit="row", unit_scale=True, desc=self.desc, disable=not self.progress) as bar, \
-                ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(one, self.plan.inputs))
-        if self.stats is not None:  # merged in input order, so the report lists files as given
-            for _, local in results:
-                self.stats.rows_in.update(local.rows_in)
-                self.stats.rows_kept.update(local.rows_kept)
-                self.stats.removed_first += local.removed_first
-                self.stats.failed_any += local.failed_any
-        return sum(kept for kept, _ in results)
+def _judged_batches(plan: FilterPlan, f: InputFile, columns: list[str] | None, stats: FilterStats, bar,
+                    whole_row_groups: bool = False) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+    """``f``'s batches with their keep masks, the conditions evaluated here; rows in / kept into ``stats``."""
+    kept = 0
+    with _read_errors(f):
+        for batch in _read_file(plan, f, columns, bar, whole_row_groups):
+            keep = _condition_mask(plan, f, batch, stats)
+            kept += int(np.count_nonzero(keep))
+            yield batch, keep
+    stats.rows_in[f.path.name] = f.rows
+    stats.rows_kept[f.path.name] = kept
 
-    def batches(self, columns_only: bool = False, spill: ConditionSpill | None = None,
-                files: list[InputFile] | None = None, bar=None,
-                ) -> Iterator[tuple[InputFile, pa.RecordBatch | pa.Table, np.ndarray]]:
-        """Yield ``(file, batch, keep_mask)``; ``columns_only`` reads just the condition columns.
 
-        ``spill`` (from :meth:`count`): each file's keep mask is read from it instead of evaluating the
-        conditions, and the columns it holds are not read (:meth:`ConditionSpill.cursor` has them).
-        ``files``: a subset of the inputs; ``bar``: a progress bar to update instead of a new one.
-        """
-        files = self.plan.inputs if files is None else files
-        total = sum(f.rows for f in files)
-        with (nullcontext(bar) if bar is not None else
-              _bar(total=total, unit="row", unit_scale=True, desc=self.desc, disable=not self.progress)) as bar:
-            for f in files:
-                cols, known = None, None
-                if columns_only:
-                    cols = sorted({f.columns[c.logical] for c in self.plan.conditions if f.columns.get(c.logical)})
-                elif spill is not None:
-                    known = spill.keep_mask(f) if f.path in spill.columns else np.zeros(0, bool)
-                    if spill.columns.get(f.path):
-                        skip = set(spill.columns[f.path])
-                        cols = [n for n in f.schema.names if n not in skip]
-                kept, offset = 0, 0
-                try:
-                    if columns_only and not cols:  # nothing to evaluate: all rows pass
-                        kept = f.rows
-                        bar.update(f.rows)
-                        yield f, pa.table({}), np.ones(f.rows, bool)
-                    else:
-                        src = MappedParquet(f.path)
-                        try:
-                            for rg in range(src.file.num_row_groups):
-                                rg_rows = src.file.metadata.row_group(rg).num_rows
-                                if columns_only and rg_rows <= WHOLE_ROW_GROUP_ROWS:
-                                    # just the condition columns: a whole row group at once costs less than batches
-                                    pieces = src.file.read_row_group(rg, columns=cols).to_batches()
-                                else:
-                                    pieces = src.file.iter_batches(batch_size=self.plan.batch_rows, row_groups=[rg],
-                                                                   columns=cols)
-                                for batch in pieces:
-                                    n = batch.num_rows
-                                    keep = known[offset:offset + n] if known is not None else self._masks(f, batch)
-                                    offset += n
-                                    kept += int(np.count_nonzero(keep))
-                                    bar.update(n)
-                                    yield f, batch, keep
-                                src.release(rg)  # decoded: its pages can leave this process's RSS
-                        finally:
-                            src.close()
-                except (pa.ArrowException, OSError) as err:
-                    first = str(err).splitlines()[0] if str(err) else type(err).__name__
-                    raise UserError(f"{f.path}: cannot read ({first})") from None
-                if known is not None and offset != f.rows:
-                    raise UserError(f"{f.path}: {f.rows} rows in its footer but {offset} read (changed during the run?)")
-                if self.stats is not None:
-                    self.stats.rows_in[f.path.name] = f.rows
-                    self.stats.rows_kept[f.path.name] = kept
+def _unjudged_file(f: InputFile, stats: FilterStats, bar) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """A file with no condition column to read (each skipped): all its rows pass, nothing is read."""
+    bar.update(f.rows)
+    yield pa.table({}), np.ones(f.rows, bool)
+    stats.rows_in[f.path.name] = f.rows
+    stats.rows_kept[f.path.name] = f.rows
+
+
+def _count_pass(plan: FilterPlan, stats: FilterStats, spill: ConditionSpill, progress: bool) -> int:
+    """Pass 1 on the condition columns only: fills ``stats`` and ``spill``; returns the rows kept.
+
+    Files are evaluated in parallel threads (decoding and numpy release the GIL): one thread would
+    leave a core idle while it computes a row group's masks.
+    """
+
+    def one(f: InputFile) -> tuple[int, FilterStats]:
+        local = FilterStats(stats.condition_names)
+        columns = sorted({f.columns[c.logical] for c in plan.conditions if f.columns.get(c.logical)})
+        batches = (_judged_batches(plan, f, columns, local, bar, whole_row_groups=True) if columns
+                   else _unjudged_file(f, local, bar))
+        kept, writer = 0, None
+        try:
+            for batch, keep in batches:
+                if writer is None:  # spill the condition columns, unless pass 2 would have none left to read
+                    rest = set(f.schema.names) - set(batch.schema.names)
+                    writer = spill.writer(f, batch.schema if batch.num_columns and rest else None)
+                writer.add(batch, keep)
+                kept += int(np.count_nonzero(keep))
+        finally:
+            if writer is not None:
+                writer.close()
+        return kept, local
+
+    workers = max(1, min(PASS_1_THREADS, os.cpu_count() or 1, len(plan.inputs)))
+    total_rows = sum(f.rows for f in plan.inputs)
+    with _bar(total=total_rows, unit="row", unit_scale=True, desc="count", disable=not progress) as bar, \
+            ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(one, plan.inputs))
+    for _, local in results:  # merged in input order, so the report lists files as given
+        stats.rows_in.update(local.rows_in)
+        stats.rows_kept.update(local.rows_kept)
+        stats.removed_first += local.removed_first
+        stats.failed_any += local.failed_any
+    return sum(kept for kept, _ in results)
+
+
+def _spilled_pass(plan: FilterPlan, spill: ConditionSpill, progress: bool,
+                  ) -> Iterator[tuple[InputFile, pa.RecordBatch, np.ndarray]]:
+    """Pass 2: each file's columns not in ``spill`` (:meth:`ConditionSpill.cursor` has those), with pass 1's masks."""
+    total = sum(f.rows for f in plan.inputs)
+    with _bar(total=total, unit="row", unit_scale=True, desc="filter", disable=not progress) as bar:
+        for f in plan.inputs:
+            known = spill.keep_mask(f) if f.path in spill.columns else np.zeros(0, bool)
+            spilled = set(spill.columns.get(f.path) or ())
+            columns = [n for n in f.schema.names if n not in spilled] if spilled else None
+            offset = 0
+            with _read_errors(f):
+                for batch in _read_file(plan, f, columns, bar):
+                    n = batch.num_rows
+                    keep = known[offset:offset + n]
+                    offset += n
+                    yield f, batch, keep
+            if offset != f.rows:
+                raise UserError(f"{f.path}: {f.rows} rows in its footer but {offset} read (changed during the run?)")
+
+
+def _scan_pass(plan: FilterPlan, stats: FilterStats, progress: bool,
+               ) -> Iterator[tuple[InputFile, pa.RecordBatch, np.ndarray]]:
+    """One pass over every column of every file, the conditions evaluated on each batch; fills ``stats``."""
+    total = sum(f.rows for f in plan.inputs)
+    with _bar(total=total, unit="row", unit_scale=True, desc="scatter", disable=not progress) as bar:
+        for f in plan.inputs:
+            for batch, keep in _judged_batches(plan, f, None, stats, bar):
+                yield f, batch, keep
 
 
 def _keep_freed_pages() -> None:
@@ -228,7 +257,7 @@ def run_arrow(plan: FilterPlan, out_dir: Path, progress: bool = True) -> tuple[F
 def _run_plain(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: Path, progress: bool) -> list[int]:
     # pass 1: the condition columns only: counts the survivors (to size the parts exactly) and spills them
     spill = ConditionSpill(scratch, plan.inputs)
-    total = _Scanner(plan, stats, progress, "count").count(spill)
+    total = _count_pass(plan, stats, spill, progress)
     sizes = part_sizes(total, plan.num_parts, plan.rows_per_part)
     # a deep queue (in rows, whatever --batch_rows) lets the writer thread catch up after slow batches
     # instead of stalling the reader: 4 -> 12 batches of 64 Ki rows is ~6% of wall time, +120 MB RSS
@@ -237,7 +266,7 @@ def _run_plain(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: Pat
                              compression=plan.compression, queue_depth=depth)
     current, cursor = None, None
     try:
-        for f, batch, keep in _Scanner(plan, None, progress, "filter").batches(spill=spill):
+        for f, batch, keep in _spilled_pass(plan, spill, progress):
             if f.path != current:
                 if cursor is not None:
                     cursor.finish()
@@ -274,7 +303,7 @@ def _run_bucketed(plan: FilterPlan, stats: FilterStats, out_dir: Path, scratch: 
     scatter = BucketScatter(scratch, k, schema)
     ordinal = 0
     # pass A: filter and scatter the surviving rows into buckets
-    for f, batch, keep in _Scanner(plan, stats, progress, "scatter").batches():
+    for f, batch, keep in _scan_pass(plan, stats, progress):
         table = pa.Table.from_batches([batch])
         n = table.num_rows
         if plan.dedup:
