@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 
 from mindone.data.annotations import read_files_annotations, read_shard_list, resolve_annotation_files
-from mindone.data.tar_stream import RawSample, read_samples, split_member_name
+from mindone.data.tar_stream import RawSample, read_samples
 from mindone.utils.cli import UserError
 from tests.helpers.synthetic_data import make_clean_dataset, write_dataset, regular_member
-
-
-def test_split_member_name_follows_webdataset_keys():
-    assert split_member_name("000010023.jpg") == ("000010023", "jpg")
-    assert split_member_name("dir.v1/000010023.seg.JSON") == ("dir.v1/000010023", "seg.json")
-    assert split_member_name("README") == ("README", "")
 
 
 def test_wanted_samples_are_grouped_and_others_skipped(tmp_path):

@@ -65,21 +65,15 @@ def test_scan_of_a_good_tar_is_unchanged(tmp_path):
 
 
 @pytest.mark.timeout(10)
-def test_scan_groups_odd_names_as_split_key_ext_does(tmp_path):
-    from collections import defaultdict
-
-    from mindone.laion.tar_stats import CAPTION_EXTS, IMAGE_EXTS, split_key_ext
+def test_scan_groups_odd_names_as_the_sample_contract_does(tmp_path):
+    from mindone.data.wds_sample import IMAGE_EXTS, group_members, is_sample
 
     names = [".hidden.jpg", ".hidden.txt", "x.", "x.JPG", "noext", "a.b.jpg", "a.b.txt", "d/.jpg", "d/k.jpg", "d/k.txt",
              "d.e/k.jpg", "k.txt", "k.Jpeg"]  # fmt: skip
-    groups: dict[str, set] = defaultdict(set)
-    for name in names:
-        parts = split_key_ext(name)
-        if parts:
-            groups[parts[0]].add(parts[1])
-    samples = sum(1 for exts in groups.values() if exts & IMAGE_EXTS and exts & CAPTION_EXTS)
+    groups = [set(exts) for _, exts in group_members((n,) for n in names)]
+    samples = sum(1 for exts in groups if is_sample(exts))
     scan = scan_tar(write(tmp_path, tar_bytes([(n, b"") for n in names])))
-    assert (scan.num_samples, scan.num_images) == (samples, sum(1 for e in groups.values() if e & IMAGE_EXTS)) == (2, 4)
+    assert (scan.num_samples, scan.num_images) == (samples, sum(1 for e in groups if e & set(IMAGE_EXTS))) == (2, 4)
 
 
 @pytest.mark.timeout(10)

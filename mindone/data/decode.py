@@ -1,4 +1,7 @@
-"""Decode image bytes (jpg / png / webp) with Pillow, rejecting corrupt and tiny images.
+"""Decode image bytes with Pillow, rejecting corrupt and tiny images.
+
+Which member of a sample is its image is :mod:`mindone.data.wds_sample`'s (``jpg``, ``jpeg``, ``png``,
+``webp``, in that order); Pillow then detects the format from the bytes, not from the extension.
 
 JPEGs much larger than the training size are decoded with Pillow's DCT scaling (``Image.draft``), which
 skips most of the decoding work; the result is never smaller than ``target_short_side`` so the resize that
@@ -11,9 +14,6 @@ import io
 import warnings
 
 from PIL import Image
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-
 
 class BadImage(Exception):
     """The image cannot be used; ``reason`` is the counter name (``corrupt_image`` / ``tiny_image``)."""

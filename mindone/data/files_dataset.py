@@ -16,6 +16,7 @@ import numpy as np
 from mindone.data.annotations import FilesAnnotations
 from mindone.data.locations import is_under
 from mindone.data.tar_stream import MAX_MEMBER_BYTES, RawSample, open_regular_file
+from mindone.data.wds_sample import CAPTION_EXT, IMAGE_EXTS, META_EXT
 
 
 class FilesReader:
@@ -43,15 +44,16 @@ class FilesReader:
                 if os.fstat(fh.fileno()).st_size > self.max_member_bytes:
                     yield 0, "oversized_member"
                     return
-                sample.files["jpg"] = fh.read(self.max_member_bytes)  # Pillow detects the format from the bytes
+                sample.files[IMAGE_EXTS[0]] = fh.read(self.max_member_bytes)  # Pillow detects the format from the bytes
         except OSError:
             yield 0, "missing_image"
             return
-        sample.files["txt"] = self.captions[shard].encode("utf-8")
-        if self.read_meta and (root is None or is_under(os.path.realpath(stem + ".json"), root)):
+        sample.files[CAPTION_EXT] = self.captions[shard].encode("utf-8")
+        meta_path = f"{stem}.{META_EXT}"
+        if self.read_meta and (root is None or is_under(os.path.realpath(meta_path), root)):
             try:
-                with open_regular_file(stem + ".json") as fh:
-                    sample.files["json"] = fh.read(self.max_member_bytes)
+                with open_regular_file(meta_path) as fh:
+                    sample.files[META_EXT] = fh.read(self.max_member_bytes)
             except OSError:
                 pass
         yield 0, sample

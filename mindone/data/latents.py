@@ -14,6 +14,9 @@ sample, a shard holds:
   the cleaned caption, ``[77, width]``; the root then also holds ``empty_text.npy``, the output for the
   empty caption, which caption dropout swaps in. Used only while the text encoder stays frozen.
 
+Members group into samples as in any shard (:mod:`mindone.data.wds_sample`), with the moments as the
+payload: a group is a sample when it holds ``moments.npy`` and ``txt``, and the loader addresses those only.
+
 Training draws the posterior sample ``mean + exp(logvar / 2) * noise`` with the same host-drawn noise as
 it would from images, so N steps on the latents of a dataset and N steps on its images take the same
 path. The crop is fixed at encode time (centre), and a flipped image has other moments, so

@@ -14,12 +14,13 @@ import numpy as np
 
 from mindone.data.annotations import read_files_annotations, read_shard_list, resolve_annotation_files
 from mindone.data.files_dataset import FilesReader
-from mindone.data.latents import cached_empty_text
+from mindone.data.latents import MOMENTS_EXT, cached_empty_text
 from mindone.data.filters import SampleFilters
 from mindone.data.processing import SampleProcessor
 from mindone.data.shards import detect_rank_and_world_size
 from mindone.data.stream import SampleStream
 from mindone.data.tar_stream import MAX_MEMBER_BYTES
+from mindone.data.wds_sample import IMAGE_EXTS
 from mindone.data.webdataset_dataset import WebdatasetReader
 from mindone.utils.cli import UserError
 
@@ -75,7 +76,8 @@ def build_sample_stream(
         reader = FilesReader(annotations, read_meta=sample_filters.active, max_member_bytes=max_member_bytes)
     else:
         shards = read_shard_list(csv_files, shard_root, allow_outside_root=allow_outside_data_root)
-        reader = WebdatasetReader(shards, max_member_bytes=max_member_bytes)
+        payload = (MOMENTS_EXT,) if dataset_type == "latents" else IMAGE_EXTS
+        reader = WebdatasetReader(shards, max_member_bytes=max_member_bytes, payload=payload)
     processor = SampleProcessor(
         tokenizer, image_size=image_size, random_crop=random_crop and dataset_type != "latents",
         random_flip=random_flip, caption_dropout=caption_dropout, filters=sample_filters,

@@ -16,11 +16,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mindone.data.caption import caption_of, clean_caption, parse_meta
-from mindone.data.decode import IMAGE_EXTENSIONS, BadImage, decode_image
+from mindone.data.decode import BadImage, decode_image
 from mindone.data.filters import SampleFilters
 from mindone.data.latents import MOMENTS_EXT, TEXT_EXT, BadLatents, read_array, read_moments
 from mindone.data.tar_stream import RawSample
 from mindone.data.transforms import hwc_to_chw, resize_crop
+from mindone.data.wds_sample import CAPTION_EXT, META_EXT, image_ext
 
 Tokenizer = Callable[[Sequence[str]], np.ndarray]
 Processed = tuple[str, np.ndarray, np.ndarray]  # key, uint8 CHW pixels (or float32 moments), int32 [77] token ids
@@ -43,8 +44,8 @@ class SampleProcessor:
     empty_text: np.ndarray | None = None  # latents with cached text: the empty caption's embedding
 
     def __call__(self, raw: RawSample, epoch: int, counts: dict[str, int]) -> Processed | str:
-        meta = parse_meta(raw.files.get("json"))
-        caption = caption_of(raw.files.get("txt"), meta)
+        meta = parse_meta(raw.files.get(META_EXT))
+        caption = caption_of(raw.files.get(CAPTION_EXT), meta)
         caption = clean_caption(caption) if caption is not None else ""
         if not caption:
             return "missing_caption"
@@ -61,9 +62,10 @@ class SampleProcessor:
             except BadLatents:
                 return "corrupt_latents"
         else:
-            data = next((raw.files[ext] for ext in IMAGE_EXTENSIONS if ext in raw.files), None)
-            if data is None:
+            ext = image_ext(raw.files)
+            if ext is None:
                 return "missing_image"
+            data = raw.files[ext]
             try:
                 image = decode_image(data, self.image_size, self.min_image_size)
             except BadImage as bad:

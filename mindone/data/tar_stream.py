@@ -4,12 +4,13 @@ Shards are plain (uncompressed) tars, as img2dataset writes them: a compressed o
 small compressed file could expand without bound. A member larger than ``max_member_bytes`` is never read
 into memory: its sample comes out as bad with reason ``oversized_member``.
 
-Members are grouped into samples by key (webdataset convention: the path up to the first ``.`` of the
-file name; ``000010023.jpg``, ``000010023.txt`` and ``000010023.json`` form sample ``000010023``).
-Sample ``i`` of a shard is the ``i``-th group in the tar. Only the wanted samples have their bytes
-read: others are skipped by header (a seek on local files; read-and-discard on streams, which cannot
-seek). A truncated or unreadable tar never raises: the wanted samples it could not deliver come out as
-bad with reason ``truncated_shard`` / ``unreadable_shard`` (remote sources are retried first).
+Members are grouped into samples as :mod:`mindone.data.wds_sample` specifies (``000010023.jpg``,
+``000010023.txt`` and ``000010023.json`` form sample ``000010023``): sample ``i`` of a shard is its
+``i``-th complete group, as the stats scan counts them. Only the wanted samples have their bytes read:
+other groups, and groups that are no sample, are skipped by header (a seek on local files;
+read-and-discard on streams, which cannot seek). A truncated or unreadable tar never raises: the wanted
+samples it could not deliver come out as bad with reason ``truncated_shard`` / ``unreadable_shard``
+(remote sources are retried first).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import IO, Iterator, Sequence
 
+from mindone.data.wds_sample import IMAGE_EXTS, is_sample, split_name
+
 logger = logging.getLogger(__name__)
 
 URL_TIMEOUT_S = 60.0
@@ -40,15 +43,6 @@ class RawSample:
 
     key: str
     files: dict[str, bytes] = field(default_factory=dict)
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """``part/000001.seg.jpg`` -> (``part/000001``, ``seg.jpg``); extensions are lower-cased."""
-    slash = name.rfind("/") + 1
-    dot = name.find(".", slash)
-    if dot < 0:
-        return name, ""
-    return name[:dot], name[dot + 1 :].lower()
 
 
 def open_regular_file(path: str) -> IO[bytes]:
@@ -100,7 +94,8 @@ def ascending_runs(wanted: Sequence[int]) -> list[list[int]]:
 
 
 def read_samples(
-    url: str, wanted: Sequence[int], retries: int | None = None, max_member_bytes: int = MAX_MEMBER_BYTES
+    url: str, wanted: Sequence[int], retries: int | None = None, max_member_bytes: int = MAX_MEMBER_BYTES,
+    payload: tuple[str, ...] = IMAGE_EXTS,
 ) -> Iterator[tuple[int, RawSample | str]]:
     """Yield ``(index, RawSample)`` for each wanted sample index, in the order asked, or ``(index, reason)``.
 
@@ -109,14 +104,15 @@ def read_samples(
     times (default ``REMOTE_RETRIES``), resuming after the last sample delivered; local files are not
     retried. Indices the shard does not have (short or truncated tar) come out with reason
     ``truncated_shard``; when the shard cannot be opened at all, every index comes out with
-    ``unreadable_shard``.
+    ``unreadable_shard``. ``payload``: the extensions a complete sample needs besides its caption
+    (:func:`mindone.data.wds_sample.is_sample`): an image by default, ``(MOMENTS_EXT,)`` for latents.
     """
     for run in ascending_runs(wanted):
-        yield from _read_run(url, run, retries, max_member_bytes)
+        yield from _read_run(url, run, retries, max_member_bytes, payload)
 
 
 def _read_run(
-    url: str, wanted: Sequence[int], retries: int | None, max_member_bytes: int
+    url: str, wanted: Sequence[int], retries: int | None, max_member_bytes: int, payload: tuple[str, ...]
 ) -> Iterator[tuple[int, RawSample | str]]:
     """:func:`read_samples` for one strictly ascending run of indices."""
     if retries is None:
@@ -125,7 +121,7 @@ def _read_run(
     while done < len(wanted):
         try:
             with open_shard(url) as (fh, seekable):
-                for item in _iter_groups(fh, seekable, wanted[done:], max_member_bytes):
+                for item in _iter_samples(fh, seekable, wanted[done:], max_member_bytes, payload):
                     done += 1
                     yield item
             break
@@ -147,29 +143,41 @@ def _read_run(
             yield int(index), "truncated_shard"
 
 
-def _iter_groups(
-    fh: IO[bytes], seekable: bool, wanted: Sequence[int], max_member_bytes: int
+def _iter_samples(
+    fh: IO[bytes], seekable: bool, wanted: Sequence[int], max_member_bytes: int, payload: tuple[str, ...]
 ) -> Iterator[tuple[int, RawSample | str]]:
-    """The wanted groups of a tar, complete; a group cut by truncation raises (caller marks the rest).
+    """The wanted samples of a tar, complete; a sample cut by truncation raises (caller marks the rest).
 
-    A wanted group with a member over ``max_member_bytes`` comes out as ``oversized_member``, unread.
+    Groups follow :mod:`mindone.data.wds_sample` (consecutive members with one key); a group is sample
+    ``index`` only once it ends complete, so the group that may become the wanted sample is read, and
+    dropped if it turns out incomplete. A wanted sample with a member over ``max_member_bytes`` comes out
+    as ``oversized_member``, unread.
     """
     tar = tarfile.open(fileobj=fh, mode="r:" if seekable else "r|")
     targets = iter(int(w) for w in wanted)
     target = next(targets)
-    group, key, sample = -1, None, None
+    index = 0  # the sample index of the current group, if it ends complete
+    key: str | None = None
+    exts: set[str] = set()
+    sample: RawSample | str | None = None  # the current group's members when it is the wanted one
     for member in tar:
         if not member.isfile():
             continue
-        member_key, ext = split_member_name(member.name)
+        parts = split_name(member.name)
+        if parts is None:
+            continue
+        member_key, ext = parts
         if member_key != key:
-            if sample is not None:
-                yield group, sample
-                target = next(targets, None)
-                if target is None:
-                    return
-            group, key = group + 1, member_key
-            sample = RawSample(key) if group == target else None
+            if key is not None and is_sample(exts, payload):
+                if sample is not None:
+                    yield index, sample
+                    target = next(targets, None)
+                    if target is None:
+                        return
+                index += 1
+            key, exts = member_key, set()
+            sample = RawSample(key) if index == target else None
+        exts.add(ext)
         if isinstance(sample, RawSample):
             if member.size > max_member_bytes:
                 sample = "oversized_member"
@@ -178,5 +186,5 @@ def _iter_groups(
             if len(data) != member.size:
                 raise EOFError(f"member {member.name} truncated")
             sample.files[ext] = data
-    if sample is not None:
-        yield group, sample
+    if sample is not None and is_sample(exts, payload):
+        yield index, sample

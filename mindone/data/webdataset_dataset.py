@@ -17,18 +17,25 @@ import numpy as np
 
 from mindone.data.annotations import ShardList
 from mindone.data.tar_stream import MAX_MEMBER_BYTES, RawSample, read_samples
+from mindone.data.wds_sample import IMAGE_EXTS
 from mindone.data.workers import NoUsableSample
 
 GIVE_UP_AFTER = 4
 
 
 class WebdatasetReader:
-    """Reads the wanted samples of one shard at a time; ``sizes`` are the stats-csv counts."""
+    """Reads the wanted samples of one shard at a time; ``sizes`` are the stats-csv counts.
 
-    def __init__(self, shards: ShardList, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
+    ``payload``: what a complete sample holds besides its caption (:mod:`mindone.data.wds_sample`): an
+    image by default, the cached moments for a latent dataset.
+    """
+
+    def __init__(self, shards: ShardList, max_member_bytes: int = MAX_MEMBER_BYTES,
+                 payload: tuple[str, ...] = IMAGE_EXTS) -> None:  # fmt: skip
         self.urls = shards.urls
         self.sizes = shards.sizes
         self.max_member_bytes = max_member_bytes
+        self.payload = payload
         self.unreadable: set[int] = set()
         self.any_read = False
 
@@ -41,7 +48,7 @@ class WebdatasetReader:
         # Once a shard has failed and none has ever been read, the source is suspect: no more retries.
         retries = 0 if self.unreadable and not self.any_read else None
         for member, item in read_samples(self.urls[shard], members, retries=retries,
-                                         max_member_bytes=self.max_member_bytes):
+                                         max_member_bytes=self.max_member_bytes, payload=self.payload):
             if item == "unreadable_shard":
                 self._failed(shard)
             else:

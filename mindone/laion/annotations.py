@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 
 from mindone.data.filters import SampleFilters
 from mindone.data.locations import inside_root
+from mindone.data.wds_sample import META_EXT, split_name
 from mindone.laion.sample_filters import passes
 from mindone.laion.shard_state import check_shard, read_small_file, read_stats_json, scan_files_shard
 from mindone.utils.atomic import atomic_open
@@ -165,7 +166,7 @@ def files_part_annotations(data_dir: Path, part_dir: Path, sample_filter: Sample
         result.skipped["no image file"] += missing_image
         folder_inside = not _outside(check.data_path, data_dir, allow_outside)
         for image, caption_file in pairs:
-            meta_path = check.data_path / (image.split(".", 1)[0] + ".json")
+            meta_path = check.data_path / f"{split_name(image)[0]}.{META_EXT}"
             files = (check.data_path / image, check.data_path / caption_file, meta_path)
             # inside a folder that is inside D only a symlink can lead out: one lstat per file, not a realpath
             if not folder_inside or any(os.path.islink(p) and _outside(p, data_dir, allow_outside) for p in files):

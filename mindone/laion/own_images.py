@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Iterator
 
 from mindone.data.locations import inside_root
+from mindone.data.wds_sample import CAPTION_EXT, IMAGE_EXTS, META_EXT
 from mindone.utils.atomic import TMP_SUFFIX, atomic_path, atomic_write_text
 from mindone.utils.cli import UserError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTS)  # the images a shard sample may hold (wds_sample)
 
 
 @dataclass
@@ -208,16 +209,16 @@ def write_shards(samples: list[Sample], part_dir: Path, output_format: str, per_
                 with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
                     for key, data, ext, meta in records:
                         _tar_add(tar, f"{key}.{ext}", data, mtime)
-                        _tar_add(tar, f"{key}.txt", meta["caption"].encode("utf-8"), mtime)
-                        _tar_add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"), mtime)
+                        _tar_add(tar, f"{key}.{CAPTION_EXT}", meta["caption"].encode("utf-8"), mtime)
+                        _tar_add(tar, f"{key}.{META_EXT}", json.dumps(meta, ensure_ascii=False).encode("utf-8"), mtime)
         else:
             final = part_dir / name
             tmp_dir = part_dir / f".{name}.{os.getpid()}.tmp"
             tmp_dir.mkdir()
             for key, data, ext, meta in records:
                 (tmp_dir / f"{key}.{ext}").write_bytes(data)
-                (tmp_dir / f"{key}.txt").write_text(meta["caption"], encoding="utf-8")
-                (tmp_dir / f"{key}.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+                (tmp_dir / f"{key}.{CAPTION_EXT}").write_text(meta["caption"], encoding="utf-8")
+                (tmp_dir / f"{key}.{META_EXT}").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp_dir, final)

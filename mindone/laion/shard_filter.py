@@ -11,6 +11,10 @@ member is read whole only up to ``max_member_bytes`` (``--max_member_mb``); past
 refused with :class:`ShardFilterError` before its bytes are read. Nothing is extracted to disk; only
 regular file members with a relative name free of ``..`` are copied (links, devices and names that an
 extracting tool would write outside its folder are dropped).
+
+Samples are those of :mod:`mindone.data.wds_sample` (the loader's and the stats scan's): only complete
+groups are judged and copied, so a copy holds nothing but samples and its ``successes`` equals the images
+the stats scan finds in it. A group that is no sample (image without caption, lone json...) is left out.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 
 from mindone.data.filters import SampleFilters
-from mindone.laion.tar_stats import split_key_ext
+from mindone.data.wds_sample import META_EXT, group_members, is_sample, split_name
 from mindone.utils.atomic import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -36,16 +40,17 @@ class ShardFilterError(ValueError):
     """A shard that cannot be filtered safely (compressed, unreadable, or a member over the size cap)."""
 
 
-def _group_passes(group: list[tuple[tarfile.TarInfo, bytes]], filters: SampleFilters, reasons: Counter) -> bool:
+Group = dict[str, tuple[str, tarfile.TarInfo, bytes]]  # extension -> (name, member, data)
+
+
+def _group_passes(group: Group, filters: SampleFilters, reasons: Counter) -> bool:
     meta: dict = {}
-    for member, data in group:
-        parts = split_key_ext(member.name)
-        if parts and parts[1] == "json":
-            try:
-                loaded = json.loads(data)
-            except (ValueError, RecursionError):  # not json, or nested deeper than the parser goes
-                loaded = {}
-            meta = loaded if isinstance(loaded, dict) else {}
+    if META_EXT in group:
+        try:
+            loaded = json.loads(group[META_EXT][2])
+        except (ValueError, RecursionError):  # not json, or nested deeper than the parser goes
+            loaded = {}
+        meta = loaded if isinstance(loaded, dict) else {}
     reason = filters.check(meta, {})
     if reason:
         reasons[reason] += 1
@@ -66,9 +71,21 @@ def _open_plain_tar(src: Path) -> tarfile.TarFile:
         raise ShardFilterError(f"{src}: not an uncompressed tar ({err})") from None
 
 
+def _sample_members(tar_in: tarfile.TarFile, src: Path, max_member_bytes: int):
+    """``(name, member, data)`` for the copyable sample members of ``tar_in``, in tar order; raises
+    :class:`ShardFilterError` at the first one over ``max_member_bytes``, before reading it."""
+    for member in tar_in:
+        if not _copyable(member) or split_name(member.name) is None:
+            continue
+        if member.size > max_member_bytes:
+            raise ShardFilterError(f"{src}: member {member.name!r} is {member.size} bytes, over the "
+                                   f"{max_member_bytes >> 20} MiB cap (--max_member_mb raises it)")
+        yield member.name, member, tar_in.extractfile(member).read()
+
+
 def filter_shard(src: Path, dst: Path, filters: SampleFilters, reasons: Counter,
                  max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> tuple[int, int]:  # fmt: skip
-    """Copy the sample groups of ``src`` whose json passes ``filters`` to ``dst``; returns (kept, total).
+    """Copy the samples of ``src`` whose json passes ``filters`` to ``dst``; returns (kept, samples).
 
     Raises :class:`ShardFilterError` (and writes nothing) for a compressed tar or a member over ``max_member_bytes``.
     """
@@ -76,32 +93,14 @@ def filter_shard(src: Path, dst: Path, filters: SampleFilters, reasons: Counter,
     kept = total = 0
     with _open_plain_tar(src) as tar_in, atomic_path(dst) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar_out:
-            group: list[tuple[tarfile.TarInfo, bytes]] = []
-            key = None
-
-            def flush() -> None:
-                nonlocal kept, total
-                if not group:
-                    return
+            for _, group in group_members(_sample_members(tar_in, src, max_member_bytes)):
+                if not is_sample(group):
+                    continue
                 total += 1
                 if _group_passes(group, filters, reasons):
                     kept += 1
-                    for member, data in group:
+                    for _, member, data in group.values():
                         tar_out.addfile(member, io.BytesIO(data))
-
-            for member in tar_in:
-                if not _copyable(member):
-                    continue
-                if member.size > max_member_bytes:
-                    raise ShardFilterError(f"{src}: member {member.name!r} is {member.size} bytes, over the "
-                                           f"{max_member_bytes >> 20} MiB cap (--max_member_mb raises it)")
-                parts = split_key_ext(member.name)
-                member_key = parts[0] if parts else member.name
-                if member_key != key:
-                    flush()
-                    group, key = [], member_key
-                group.append((member, tar_in.extractfile(member).read()))
-            flush()
     stats = {"count": total, "successes": kept, "filtered_out": total - kept, "filters": filters.__dict__,
              "start_time": start, "end_time": time.time(), "source": str(src)}  # fmt: skip
     atomic_write_text(dst.with_name(dst.name[: -len(".tar")] + "_stats.json"), json.dumps(stats, indent=4))

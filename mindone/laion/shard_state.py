@@ -19,7 +19,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mindone.laion.tar_stats import CAPTION_EXTS, IMAGE_EXTS, scan_tar
+from mindone.data.wds_sample import CAPTION_EXT, image_ext, split_name
+from mindone.laion.tar_stats import scan_tar
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +81,22 @@ def done_shard_names(part_dir: Path) -> list[str]:
 
 
 def scan_files_shard(folder: Path) -> tuple[list[tuple[str, str]], int, int]:
-    """``([(image_name, caption_name)], missing_caption, missing_image)`` for a files-format shard folder."""
+    """``([(image_name, caption_name)], missing_caption, missing_image)`` for a files-format shard folder.
+
+    One file per member, named as in a tar (:mod:`mindone.data.wds_sample`: key split, image extensions and
+    their precedence, the caption extension); a folder holds each name once, so a key is one sample.
+    """
     by_key: dict[str, dict[str, str]] = {}
     for entry in os.scandir(folder):
-        stem, dot, ext = entry.name.partition(".")
-        if dot and entry.is_file():  # regular files only: reading a FIFO or a device would block or never end
-            by_key.setdefault(stem, {})[ext.lower()] = entry.name
+        parts = split_name(entry.name)
+        if parts and entry.is_file():  # regular files only: reading a FIFO or a device would block or never end
+            by_key.setdefault(parts[0], {})[parts[1]] = entry.name
     pairs, missing_caption, missing_image = [], 0, 0
     for key in sorted(by_key):
         members = by_key[key]
-        image = next((members[e] for e in sorted(IMAGE_EXTS) if e in members), None)
-        caption = next((members[e] for e in sorted(CAPTION_EXTS) if e in members), None)
-        if image and caption:
-            pairs.append((image, caption))
+        image = image_ext(members)
+        if image and CAPTION_EXT in members:
+            pairs.append((members[image], members[CAPTION_EXT]))
         elif image:
             missing_caption += 1
         else:

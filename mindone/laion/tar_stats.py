@@ -12,26 +12,24 @@ crafted tar ends as a :class:`TarFormatError` (reported like a truncated shard) 
 per 512 bytes of file. Pax and GNU long-name payloads are the only member data read, and only up to
 ``MAX_EXTENDED_HEADER``.
 
-Sample grouping follows webdataset: the key is the member path up to the first dot of its base name, the
-extension is the rest (``000010003.jpg`` -> key ``000010003``, ext ``jpg``).
+What a sample is (key split, image and caption extensions, grouping of consecutive members, completeness)
+is :mod:`mindone.data.wds_sample`'s contract, which the training loader follows too: ``num_samples`` is the
+number of samples the loader can address in the shard.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+
+from mindone.data.wds_sample import CAPTION_EXT, group_members, image_ext, is_sample
 
 BLOCK = 512
 MAX_EXTENDED_HEADER = 1 << 20  # a pax / GNU long-name payload larger than this is refused
 _CHECK_BATCH = 1024  # headers whose checksums are verified together
 _ZERO_BLOCK = bytes(BLOCK)
-IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp"})
-CAPTION_EXTS = frozenset({"txt", "text", "caption"})
-_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 _OCTAL_WEIGHTS = 8 ** np.arange(5, -1, -1, dtype=np.int64)  # of the checksum field's 6 digits
 
 
@@ -44,24 +42,16 @@ class TarScan:
     """What a tar holds, per sample key. ``error`` is set when the archive is truncated or malformed."""
 
     path: str
-    num_samples: int = 0  # keys with an image member and a caption member
-    num_images: int = 0  # keys with an image member
+    num_samples: int = 0  # complete groups (image and caption member): what the loader addresses
+    num_images: int = 0  # groups with an image member
     missing_caption: int = 0  # image without caption member
-    empty_caption: int = 0  # samples (counted) whose caption member is 0 bytes; the loader skips them
-    missing_image: int = 0  # caption (or json) without image
+    empty_caption: int = 0  # samples (counted) with a 0-byte caption member: the loader uses the json caption or skips
+    missing_image: int = 0  # groups without an image (a caption, a json, only other extensions)
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def split_key_ext(name: str) -> tuple[str, str] | None:
-    """``part/000001.jpg`` -> (``part/000001``, ``jpg``); None for names without an extension."""
-    match = _KEY_EXT.match(name)
-    if match is None:
-        return None
-    return match.group(1), match.group(2).lower()
 
 
 def _octal(field_bytes: bytes) -> int:
@@ -227,41 +217,27 @@ def iter_tar_members(path: str | os.PathLike):
 
 
 def scan_tar(path: str | os.PathLike) -> TarScan:
-    """Group the members of ``path`` into samples and count the complete (image + caption member) ones.
+    """Group the members of ``path`` into samples (:mod:`mindone.data.wds_sample`) and count the complete ones.
 
-    For img2dataset shards that is every sample group of the tar, which is what the training loader indexes
-    (``mindone.data`` addresses samples by their position in the tar and skips an empty caption at load
-    time, so an empty caption is counted here, and reported in ``empty_caption``).
+    For img2dataset shards that is every group of the tar. An empty caption member is counted (the loader
+    falls back to the json caption, else skips the sample at load time) and reported in ``empty_caption``.
 
     Never raises for a bad archive: a truncated or unreadable file comes back with ``error`` set.
     """
     scan = TarScan(path=str(path))
-    exts: dict[str, dict[str, int]] = defaultdict(dict)
+    num_samples = empty_caption = missing_caption = missing_image = 0
     try:
-        match_key_ext = _KEY_EXT.match  # split_key_ext inlined: this loop runs once per member
-        for name, size, _ in iter_tar_members(path):
-            if "/" not in name:  # the usual flat name: partition does what the pattern does, faster
-                key, dot, ext = name.partition(".")
-                if dot and key:
-                    exts[key][ext.lower()] = size
-                continue
-            parts = match_key_ext(name)
-            if parts is not None:
-                exts[parts[1]][parts[2].lower()] = size
+        for _, members in group_members(iter_tar_members(path)):  # members: ext -> (name, size, offset)
+            if is_sample(members):
+                num_samples += 1
+                empty_caption += members[CAPTION_EXT][1] == 0
+            elif image_ext(members) is not None:
+                missing_caption += 1
+            else:
+                missing_image += 1
     except (OSError, TarFormatError, ValueError) as err:
         scan.error = str(err)
         return scan
-    for members in exts.values():
-        has_image = not IMAGE_EXTS.isdisjoint(members)
-        captions = [members[e] for e in CAPTION_EXTS if e in members]
-        if has_image:
-            scan.num_images += 1
-        if has_image and captions:
-            scan.num_samples += 1
-            scan.empty_caption += max(captions) == 0
-        elif has_image:
-            scan.missing_caption += 1
-        else:
-            scan.missing_image += 1
+    scan.num_samples, scan.num_images = num_samples, num_samples + missing_caption
+    scan.empty_caption, scan.missing_caption, scan.missing_image = empty_caption, missing_caption, missing_image
     return scan
-

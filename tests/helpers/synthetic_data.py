@@ -97,7 +97,9 @@ def write_dataset(root: Path, shards: list[list[Member]], part: int = 1, truncat
                     (folder / f"{m.key}.{ext}").write_bytes(data)
                 if m.image is not None:
                     csv_rows.append({"dir": f"part_{part}/{s:05d}/{m.key}.jpg", "text": m.caption or ""})
-        stats_rows.append({"file_path": f"part_{part}/{s:05d}.tar", "num_samples": len(members)})
+        # what laion_gen_data_stats.py counts (mindone.data.wds_sample): members with an image and a caption
+        samples = sum(1 for m in members if m.image is not None and m.caption is not None)
+        stats_rows.append({"file_path": f"part_{part}/{s:05d}.tar", "num_samples": samples})
         if truncate and s in truncate:
             data = tar_path.read_bytes()
             tar_path.write_bytes(data[: int(len(data) * truncate[s])])
@@ -114,8 +116,8 @@ def make_clean_dataset(root: Path, num_shards: int = 4, per_shard: int = 10, par
 def make_dirty_dataset(root: Path) -> SyntheticData:
     """Clean shards plus every kind of bad data the loader must survive.
 
-    shard 0: corrupt JPEG (garbage bytes), truncated JPEG, tiny 4x4 image, missing caption (no .txt,
-    json without caption), caption only in the json (good), png image (good);
+    shard 0: corrupt JPEG (garbage bytes), truncated JPEG, tiny 4x4 image, missing caption (empty .txt,
+    json without caption), caption only in the json (empty .txt: good), png image (good);
     shard 1: clean; shard 2: every sample corrupt (a shard with no good sample);
     shard 3: tar truncated mid-way (the samples it loses are bad); shard 4: clean.
     """
@@ -124,9 +126,9 @@ def make_dirty_dataset(root: Path) -> SyntheticData:
     s0[1].image, s0[1].good = b"\xff\xd8\xff\xe0 definitely not a jpeg", False
     s0[2].image, s0[2].good = s0[2].image[: len(s0[2].image) // 3], False
     s0[3].image, s0[3].good = image_bytes(3, (4, 4)), False
-    s0[4].caption, s0[4].good = None, False
+    s0[4].caption, s0[4].good = "", False
     s0[4].meta.pop("caption")
-    s0[5].caption = None  # caption still in the json: good
+    s0[5].caption = ""  # caption still in the json: good
     s0[6].image = image_bytes(6, (50, 40), "PNG")
     for m in shards[2]:
         m.image, m.good = b"garbage" * 10, False
