@@ -1,0 +1,130 @@
+"""The option registry (mindone.utils.config) for every CLI: switches, positional and required arguments,
+environment variables, the yaml flag's name, and the tools that declare their flags through it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mindone.utils.cli import UserError
+from mindone.utils.config import Option, build_parser, resolve_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+OPTIONS = [
+    Option("parts", str, None, "part ids", multiple=True, positional=True, group=None, env="T_PARTS"),
+    Option("data_dir", str, None, "input folder", required=True, group=None, env="T_DATA_DIR"),
+    Option("size", int, 512, "image size", env="T_SIZE"),
+    Option("mode", str, "a", "mode", choices=("a", "b"), env="T_MODE"),
+    Option("shuffle", bool, False, "shuffle", action="store_true", group="output"),
+    Option("resume", bool, True, "resume", action="boolean_optional", env="T_RESUME"),
+    Option("verbose", bool, False, "debug logging", action="store_true", short="-v"),
+    Option("max_pwatermark", float, None, "watermark", aliases=("max_watermark",)),
+]
+
+
+def resolve(argv, env=None, **kw):
+    return resolve_config(OPTIONS, argv, "test", environ=env or {}, **kw)
+
+
+def write(tmp_path, content, name="c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+def test_switches_positionals_short_flags_and_aliases():
+    args = resolve(["1", "2", "--data_dir", "d", "--shuffle", "--no-resume", "-v", "--max_watermark", "0.5"])
+    assert args.parts == ["1", "2"] and args.data_dir == "d" and args.size == 512
+    assert args.shuffle is True and args.resume is False and args.verbose is True and args.max_pwatermark == 0.5
+    args = resolve(["--data_dir", "d"])
+    assert args.parts == [] and args.shuffle is False and args.resume is True and args.verbose is False
+
+
+def test_the_parser_is_what_argparse_would_build():
+    parser = build_parser(OPTIONS, "test", formatter_class=argparse.RawDescriptionHelpFormatter)
+    by_dest = {a.dest: a for a in parser._actions}  # noqa: SLF001
+    assert isinstance(by_dest["shuffle"], argparse._StoreTrueAction)  # noqa: SLF001  ("off" in the reference)
+    assert isinstance(by_dest["resume"], argparse.BooleanOptionalAction)
+    assert by_dest["resume"].option_strings == ["--resume", "--no-resume"]
+    assert by_dest["verbose"].option_strings == ["-v", "--verbose"]
+    assert by_dest["parts"].option_strings == [] and by_dest["parts"].nargs == "*"
+    assert by_dest["data_dir"].required and not by_dest["size"].required
+    # the variables an option reads are in its help: nothing is read that --help does not show
+    assert by_dest["size"].help == "image size [T_SIZE]" and by_dest["resume"].help == "resume [T_RESUME=1|0]"
+    assert by_dest["config"].help == "yaml file of defaults; flags given here override it"
+
+
+def test_yaml_sets_switches_positionals_and_required_options(tmp_path):
+    cfg = write(tmp_path, {"parts": [1, 3], "data_dir": "d", "shuffle": True, "resume": False, "verbose": "yes"})
+    args = resolve(["--config", str(cfg)])  # --data_dir is required, and the yaml gives it
+    assert args.parts == ["1", "3"] and args.data_dir == "d"
+    assert args.shuffle is True and args.resume is False and args.verbose is True
+    args = resolve(["--config", str(cfg), "7", "--resume", "--data_dir", "e"])  # flags win
+    assert args.parts == ["7"] and args.resume is True and args.data_dir == "e"
+
+
+def test_a_required_option_nothing_gives_is_argparses_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        resolve([])
+    assert exc.value.code == 2 and "the following arguments are required: --data_dir" in capsys.readouterr().err
+
+
+def test_precedence_default_env_yaml_flag(tmp_path):
+    env = {"T_SIZE": "256", "T_MODE": "b", "T_DATA_DIR": "from_env", "T_PARTS": "1-3 5", "T_RESUME": "0"}
+    args = resolve([], env)  # the environment gives the required --data_dir too
+    assert (args.size, args.mode, args.data_dir, args.parts, args.resume) == (256, "b", "from_env", ["1-3", "5"], False)
+    cfg = write(tmp_path, {"size": 128})
+    assert resolve(["--config", str(cfg)], env).size == 128  # yaml over environment
+    assert resolve(["--config", str(cfg), "--size", "64"], env).size == 64  # flag over both
+    assert resolve([], {**env, "T_SIZE": ""}).size == 512  # an empty variable is unset
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("T_MODE", "c", "environment variable T_MODE='c' is not one of a, b"),
+    ("T_SIZE", "big", "environment variable T_SIZE='big' is not a valid int"),
+    ("T_RESUME", "maybe", "environment variable T_RESUME='maybe' is not a boolean (use 1/0 or true/false)"),
+])
+def test_bad_variable_is_one_line_unless_something_else_wins(tmp_path, variable, value, message):
+    with pytest.raises(UserError) as exc:
+        resolve(["--data_dir", "d"], {variable: value})
+    assert str(exc.value) == message
+    flag = {"T_MODE": ["--mode", "a"], "T_SIZE": ["--size", "1"], "T_RESUME": ["--resume"]}[variable]
+    resolve(["--data_dir", "d", *flag], {variable: value})  # the flag wins: the variable is not read
+    key = variable[2:].lower()
+    resolve(["--data_dir", "d", "--config", str(write(tmp_path, {key: OPTIONS_BY_NAME[key].default}))],
+            {variable: value})  # so does the yaml
+
+
+OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def test_an_option_without_env_reads_no_variable():
+    assert resolve(["--data_dir", "d"], {"T_SHUFFLE": "1", "T_MAX_PWATERMARK": "x"}).shuffle is False
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"sise": 1}, "unknown key 'sise'"),
+    ({"mode": "c"}, "key 'mode': 'c' is not one of a, b"),
+    ({"shuffle": "maybe"}, "key 'shuffle': expected bool"),
+    ({"max_watermark": 0.5, "max_pwatermark": 0.4}, "keys 'max_pwatermark' and 'max_watermark' are one option"),
+])
+def test_bad_yaml_is_one_line_naming_the_file_and_key(tmp_path, content, message):
+    cfg = write(tmp_path, content)
+    with pytest.raises(UserError) as exc:
+        resolve(["--config", str(cfg), "--data_dir", "d"])
+    assert str(exc.value).startswith(f"--config {cfg}: ") and message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_the_yaml_flag_can_have_another_name(tmp_path):
+    options = [Option("config", str, "v2-base-512-eps", "model yaml"), Option("steps", int, 50, "steps")]
+    cfg = write(tmp_path, {"config": "tiny", "steps": 2})
+    args = resolve_config(options, ["--options", str(cfg), "--steps", "3"], "t", config_flag="options")
+    assert (args.config, args.steps, args.options) == ("tiny", 3, str(cfg))
+    bad = write(tmp_path, {"stepz": 2}, "bad.yaml")
+    with pytest.raises(UserError, match=rf"^--options {bad}: unknown key 'stepz'"):
+        resolve_config(options, ["--options", str(bad)], "t", config_flag="options")
