@@ -4,6 +4,8 @@ environment variables, the yaml flag's name, and the tools that declare their fl
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,94 @@ def test_the_yaml_flag_can_have_another_name(tmp_path):
     bad = write(tmp_path, {"stepz": 2}, "bad.yaml")
     with pytest.raises(UserError, match=rf"^--options {bad}: unknown key 'stepz'"):
         resolve_config(options, ["--options", str(bad)], "t", config_flag="options")
+
+
+# ---- the tools: a yaml gives what the same flags give; flags win; an unknown key is one line ----
+
+def run_cli(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def test_make_dataset_from_yaml_equals_flags(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        Image.new("RGB", (40 + i, 30), (i * 40, 10, 10)).save(images / f"{i}.png")
+        (images / f"{i}.txt").write_text(f"caption {i}")
+    script = "tools/laion_data_utils/make_dataset_from_images.py"
+    flags = ["--output_format", "files", "--samples_per_shard", "2", "--part_id", "7"]
+    assert run_cli(script, "--image_dir", str(images), "--output_dir", str(tmp_path / "flags"), *flags,
+                   cwd=tmp_path).returncode == 0
+    cfg = write(tmp_path, {"image_dir": str(images), "output_dir": str(tmp_path / "yaml"), "output_format": "files",
+                           "samples_per_shard": 2, "part_id": 7})
+    proc = run_cli(script, "--config", str(cfg), cwd=tmp_path)  # --image_dir / --output_dir come from the yaml
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "yaml" / "part_7.csv").read_text() == (tmp_path / "flags" / "part_7.csv").read_text()
+    listing = lambda root: sorted(str(f.relative_to(root)) for f in root.rglob("*"))  # noqa: E731
+    assert listing(tmp_path / "yaml") == listing(tmp_path / "flags")
+    assert len([d for d in (tmp_path / "yaml" / "part_7").iterdir() if d.is_dir()]) == 3  # 5 images, 2 per shard
+    # a flag wins over the yaml
+    proc = run_cli(script, "--config", str(cfg), "--part_id", "8", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "yaml" / "part_8.csv").is_file()
+    # an unknown key: one line naming the file and the key
+    bad = write(tmp_path, {"image_dir": str(images), "output_dri": "x"}, "bad.yaml")
+    proc = run_cli(script, "--config", str(bad), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"make_dataset_from_images.py: error: --config {bad}: unknown key 'output_dri' (see --help for the options)"]
+
+
+CLIS = ["tools/laion_data_utils/laion_filter_metadata.py", "tools/laion_data_utils/laion_download_metadata.py",
+        "tools/laion_data_utils/laion_download_imgs.py", "tools/laion_data_utils/laion_gen_data_stats.py",
+        "tools/laion_data_utils/laion_gen_csv_annot.py", "tools/laion_data_utils/make_dataset_from_images.py",
+        "examples/stable_diffusion_v2/encode_latents.py"]
+
+
+@pytest.mark.parametrize("script", CLIS, ids=lambda s: Path(s).stem)
+def test_every_cli_declares_its_flags_through_the_registry(script):
+    """One mechanism: each script's parser comes from its Option list, and none reads argparse internals."""
+    text = (REPO / script).read_text()
+    assert "_actions" not in text and "add_argument(" not in text and "ArgumentParser(" not in text
+    assert "Option(" in text or "_OPTIONS" in text
+
+
+def test_download_launcher_env_yaml_flag_precedence(tmp_path, monkeypatch, capsys):
+    """laion_download_imgs: LAION_* < --config yaml < flags; the positional part ids from any of the three."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.helpers.tools import load_tool
+
+    tool = load_tool("laion_download_imgs")
+    monkeypatch.setattr(tool, "setup_cli_logging", lambda: None)
+    for i in (1, 2, 3):
+        pq.write_table(pa.table({"URL": ["http://x/a.jpg"], "TEXT": ["a"]}), tmp_path / f"part_{i}.parquet")
+    for key in [k for k in __import__("os").environ if k.startswith("LAION_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LAION_METADATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LAION_IMAGE_SIZE", "256")
+    monkeypatch.setenv("LAION_PARTS", "1 3")
+    monkeypatch.setenv("LAION_RESIZE_MODE", "border")
+
+    def run(*argv):
+        capsys.readouterr()
+        assert tool.main(["--dry_run", *argv]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    cfg = write(tmp_path, {"output_dir": "/data/out", "image_size": 384, "skip_reencode": False})
+    parts = run("--config", str(cfg))
+    assert [p["part"] for p in parts] == [1, 3]  # LAION_PARTS, the documented "1 2 3" form
+    kw = parts[0]["img2dataset"]
+    assert kw["output_folder"] == "/data/out/part_1" and kw["image_size"] == 384  # yaml over LAION_IMAGE_SIZE
+    assert kw["resize_mode"] == "border" and kw["skip_reencode"] is False  # the variable where the yaml is silent
+    parts = run("2", "--config", str(cfg), "--image_size", "128", "--skip_reencode")
+    assert [p["part"] for p in parts] == [2]
+    assert parts[0]["img2dataset"]["image_size"] == 128 and parts[0]["img2dataset"]["skip_reencode"] is True
+    bad = write(tmp_path, {"LAION_OUTPUT_DIR": "/x"}, "bad.yaml")  # yaml keys are the flag names
+    with pytest.raises(UserError, match=rf"^--config {bad}: unknown key 'LAION_OUTPUT_DIR'"):
+        tool.main(["--dry_run", "--config", str(bad)])

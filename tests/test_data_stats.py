@@ -222,12 +222,10 @@ def test_post_download_filters_write_filtered_shards(tmp_path):
 
 
 def test_filter_flags_build_the_loader_filter():
-    import argparse
+    from mindone.laion.sample_filters import FILTER_OPTIONS
+    from mindone.utils.config import build_parser
 
-    from mindone.laion.sample_filters import add_filter_arguments
-
-    parser = argparse.ArgumentParser()
-    add_filter_arguments(parser)
+    parser = build_parser(FILTER_OPTIONS, "filters")
     flt = filters_from_args(parser.parse_args(["--min_size", "512", "--max_punsafe", "0.98"]))
     assert flt == SampleFilters(min_size=512, max_punsafe=0.98)
     assert passes(flt, {"original_width": 600, "original_height": 512, "punsafe": 0.5})

@@ -115,7 +115,7 @@ def test_optional_conditions_from_yaml_with_flag_override(inputs, tmp_path):
     with pytest.raises(cli.UserError, match="unknown key 'min_widht'"):
         cli.main(["--config", str(bad), "--data_dir", str(data), "--output_dir", str(tmp_path / "o2")])
     bad.write_text("engine: sparky\n")
-    with pytest.raises(cli.UserError, match="engine: 'sparky' is not one of arrow, spark"):
+    with pytest.raises(cli.UserError, match="key 'engine': 'sparky' is not one of arrow, spark"):
         cli.main(["--config", str(bad), "--data_dir", str(data), "--output_dir", str(tmp_path / "o2")])
 
 
@@ -386,7 +386,7 @@ def test_compression_default_yaml_and_bad_value(inputs, tmp_path):
     run("--data_dir", str(data), "--output_dir", str(tmp_path / "shuf"), "--shuffle", "--compression", "gzip")
     assert _codecs(tmp_path / "shuf") == {"GZIP"}
     cfg.write_text("compression: brotli\n")
-    with pytest.raises(cli.UserError, match="compression: 'brotli' is not one of snappy, zstd, lz4, gzip, none"):
+    with pytest.raises(cli.UserError, match="key 'compression': 'brotli' is not one of snappy, zstd, lz4, gzip, none"):
         cli.main(["--config", str(cfg), "--data_dir", str(data), "--output_dir", str(tmp_path / "bad")])
     with pytest.raises(SystemExit):
         cli.parse_options(["--data_dir", str(data), "--output_dir", str(tmp_path / "bad"), "--compression", "lzo"])

@@ -15,7 +15,7 @@ from mindone.data.filter_vocab import (COLUMN_ALIASES, FILTERS, METADATA_FILTERS
 from mindone.data.filters import SampleFilters
 from mindone.laion.conditions import build_conditions
 from mindone.laion.filter_common import FilterPlan
-from mindone.laion.sample_filters import add_filter_arguments, filters_from_args
+from mindone.laion.sample_filters import filters_from_args
 from mindone.laion.schema import ALIASES, resolve_column
 from mindone.train.options import DATA_FILTERS, TRAIN_OPTIONS
 from mindone.utils.cli import UserError
@@ -130,7 +130,7 @@ def test_old_names_in_yaml_configs(tmp_path):
     meta.write_text(yaml.safe_dump({"max_watermark": 0.8}))
     assert cli.parse_options(["--config", str(meta), "--data_dir", "d", "--output_dir", "o"]).max_pwatermark == 0.8
     meta.write_text(yaml.safe_dump({"max_watermark": 0.8, "max_pwatermark": 0.7}))
-    with pytest.raises(UserError, match="one setting"):
+    with pytest.raises(UserError, match="are one option"):  # the option registry's words, as for the trainer
         cli.parse_options(["--config", str(meta), "--data_dir", "d", "--output_dir", "o"])
     # loader filters dict
     with pytest.raises(UserError, match="one setting"):

@@ -4,7 +4,8 @@ The thresholds and their meaning are ``mindone.data.filters.SampleFilters`` (the
 applies at load time), reused here so that a count made at stats / csv time equals what the loader yields
 with the same thresholds: sizes are the original image's, a sample whose json lacks a field is not judged
 by that filter (it passes, counted as ``unjudged_<filter>``). The flags, their old names and their help
-come from the filter vocabulary (:data:`mindone.data.filter_vocab.SAMPLE_FILTERS`).
+come from the filter vocabulary (:data:`mindone.data.filter_vocab.SAMPLE_FILTERS`), declared as options of
+the CLIs' option registry (:mod:`mindone.utils.config`): :data:`FILTER_OPTIONS`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from typing import Any, Mapping
 
 from mindone.data.filter_vocab import SAMPLE_FILTERS
 from mindone.data.filters import SampleFilters
+from mindone.utils.config import Option
 
-
-def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--<name>`` flag per sample filter (its old names accepted too)."""
-    group = parser.add_argument_group(
-        "post-download filters (on each sample's json; give the training loader the same thresholds)"
-    )
-    for spec in SAMPLE_FILTERS:
-        group.add_argument(f"--{spec.name}", *(f"--{a}" for a in spec.aliases), dest=spec.name, type=float,
-                           help=spec.sample_help)
+FILTER_GROUP = "post-download filters (on each sample's json; give the training loader the same thresholds)"
+# One --<name> option per sample filter (its old names accepted too), for the tools' option lists.
+FILTER_OPTIONS: list[Option] = [
+    Option(spec.name, float, None, spec.sample_help, aliases=spec.aliases, group=FILTER_GROUP)
+    for spec in SAMPLE_FILTERS
+]
 
 
 def filters_from_args(args: argparse.Namespace) -> SampleFilters:

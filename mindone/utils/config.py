@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import yaml
-
 from mindone.utils.atomic import atomic_write_text
 from mindone.utils.cli import UserError
 
@@ -56,7 +54,7 @@ class Option:
     ``aliases``: old names still accepted as flags and yaml keys; the saved config uses ``name``.
     ``short``: a one-letter flag too (``"-v"``), listed first as argparse does.
     ``env``: an environment variable that sets the option when neither the yaml nor a flag does; the help
-    text names it, so the tool reads no variable its ``--help`` does not show.
+    text names it (see :attr:`help_text`), so a tool reads no variable its ``--help`` does not show.
     """
 
     name: str
@@ -90,8 +88,9 @@ class Option:
 
     @property
     def help_text(self) -> str:
-        """The help, with the environment variable (if any) in brackets: ``[LAION_X]``, ``[LAION_Y=1|0]``."""
-        if self.env is None:
+        """The help, naming the environment variable (if any): in brackets, ``[LAION_X]`` / ``[LAION_Y=1|0]``,
+        unless the text already names it (``(default: $HF_TOKEN)``)."""
+        if self.env is None or self.env in self.help:
             return self.help
         return f"{self.help} [{self.env}=1|0]" if self.type is bool else f"{self.help} [{self.env}]"
 
@@ -226,6 +225,8 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option], *, 
 def load_yaml_defaults(path: str | os.PathLike, options: Sequence[Option],
                        config_flag: str = "config") -> dict[str, Any]:
     """Read a config yaml, check every key is a known option and every value converts; returns the values."""
+    import yaml  # ~12 ms of start-up, paid only when a yaml is given
+
     path = Path(path)
     where = f"--{config_flag} {path}"
     if not path.is_file():
@@ -303,6 +304,8 @@ def config_to_dict(args: argparse.Namespace, options: Sequence[Option]) -> dict[
 
 def save_config(args: argparse.Namespace, options: Sequence[Option], path: str | os.PathLike) -> Path:
     """Write the resolved config as yaml (atomically); it loads back with ``--config`` to the same values."""
+    import yaml
+
     path = Path(path)
     text = yaml.safe_dump(config_to_dict(args, options), sort_keys=False, allow_unicode=True)
     atomic_write_text(path, text)

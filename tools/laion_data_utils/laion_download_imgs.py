@@ -1,8 +1,9 @@
 """Download the images of LAION metadata parts with img2dataset: part_N.parquet -> <output_dir>/part_N.
 
 Every setting is a flag, and every flag can also come from an environment variable (LAION_ + the flag name
-in capitals, e.g. LAION_OUTPUT_DIR); a flag given on the command line wins. Options img2dataset has that
-are not listed here go after ``--`` and are forwarded unchanged:
+in capitals, e.g. LAION_OUTPUT_DIR) or a key of the --config yaml: the yaml beats the variable, a flag given
+on the command line beats both. Options img2dataset has that are not listed here go after ``--`` and are
+forwarded unchanged:
 
     laion_download_imgs.sh 1-3 --metadata_dir meta --output_dir data -- --encode_quality 90 --min_image_size 256
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,90 +21,68 @@ from mindone.laion import img2dataset_launch as launch
 from mindone.laion.shard_state import done_shard_names, prepare_resume
 from mindone.laion.url_guard import UrlGuardError, http_only_kwargs
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
+from mindone.utils.config import Option, resolve_config
+from mindone.utils.config import build_parser as options_parser
 
 logger = logging.getLogger("laion_download_imgs")
 
 ENV_PREFIX = "LAION_"
 
 
-def _env(name: str) -> str | None:
-    value = os.environ.get(ENV_PREFIX + name.upper())
-    return value if value not in (None, "") else None
+def _option(name: str, type_: Any = str, default: Any = None, help_: str = "", **kw: Any) -> Option:
+    """A launcher option: its help states the default, its environment variable is LAION_<NAME>."""
+    return Option(name, type_, default, f"{help_} (default: {default})", env=ENV_PREFIX + name.upper(), group=None,
+                  **kw)
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    value = _env(name)
-    if value is None:
-        return default
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise UserError(f"environment variable {ENV_PREFIX}{name.upper()}={value!r} is not a boolean (use 1/0 or true/false)")
+def _switch(name: str, default: bool, help_: str) -> Option:
+    """A --name / --no-name switch (LAION_<NAME>=1|0)."""
+    return _option(name, bool, default, help_, action="boolean_optional")
+
+
+OPTIONS: list[Option] = [
+    Option("parts", str, None, "part ids: 1, a range 1-3, or a list '1 2 3' / 1,2,3", multiple=True, positional=True,
+           env=ENV_PREFIX + "PARTS", group=None),
+    _option("metadata_dir", help_="folder holding part_<N>.<input_format>"),
+    _option("output_dir", help_="images go to <output_dir>/part_<N>"),
+    _option("url_list", help_="download this one file instead of <metadata_dir>/part_<N>.<input_format> (one part id "
+            "names the output folder)"),
+    _option("input_format", default="parquet", help_="parquet, csv, tsv, json, jsonl, txt (and .gz variants)"),
+    _option("output_format", default="webdataset", help_="webdataset (tar shards), files (one folder per shard) or "
+            "parquet"),
+    _option("image_size", int, 512, "resize target (smaller side for keep_ratio)"),
+    _option("resize_mode", default="keep_ratio", help_="img2dataset resize mode",
+            choices=("keep_ratio", "center_crop", "border", "keep_ratio_largest", "no")),
+    _switch("resize_only_if_bigger", True, "never upscale small images"),
+    _switch("skip_reencode", True, "keep the original bytes when no resize is needed and the format already matches"),
+    _option("processes_count", int, launch.default_processes(), "download processes; the default is this machine's "
+            "CPU count"),
+    _option("thread_count", int, launch.default_threads(), "download threads per process; the default is 32 per CPU, "
+            "at most 256"),
+    _option("timeout", int, 10, "seconds to wait for one image"),
+    _option("retries", int, 0, "extra attempts per failed URL"),
+    _option("number_sample_per_shard", int, 10000, "rows per shard (keep it fixed across reruns of a part)"),
+    _option("url_col", default="URL", help_="url column of the metadata"),
+    _option("caption_col", default="TEXT", help_="caption column of the metadata"),
+    _option("save_additional_columns", default="auto",
+            help_="comma list of metadata columns to keep in each sample's json; 'auto' = those present among "
+            + ", ".join(launch.DEFAULT_EXTRA_COLUMNS) + "; 'none'"),
+    _option("distributor", default="multiprocessing", help_="multiprocessing (this machine) or pyspark",
+            choices=("multiprocessing", "pyspark")),
+    _option("spark_master", help_="with --distributor pyspark: Spark master URL (spark://host:7077, local[8]); "
+            "unset = an existing session or img2dataset's local one. output_dir must be shared by the executors"),
+    _switch("insecure_ssl", False, "accept invalid TLS certificates (logs a warning); default verifies them"),
+    _switch("allow_non_http_urls", False, "hand rows whose URL is not http(s) (file://, ftp://, data:) to img2dataset, "
+            "which would read them; by default they are left out of the download, counted and reported"),
+    _switch("verify_resume", True, "before a rerun, check the shards already done and redo any that do not hold up"),
+    _switch("dry_run", False, "print the img2dataset arguments of each part as json and exit"),
+]
+PARSER = dict(prog="laion_download_imgs.sh", formatter_class=argparse.RawDescriptionHelpFormatter,
+              epilog="Each option's environment variable is shown in brackets.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="laion_download_imgs.sh",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Each option's environment variable is shown in brackets.",
-    )
-
-    def opt(name: str, type_=str, default: Any = None, help_: str = "", **kw: Any) -> None:
-        env_value = _env(name)
-        try:
-            value = type_(env_value) if env_value is not None else default
-        except ValueError:
-            raise UserError(f"environment variable {ENV_PREFIX}{name.upper()}={env_value!r} is not a valid {name}") from None
-        parser.add_argument(f"--{name}", type=type_, default=value, help=f"{help_} (default: {default}) [{ENV_PREFIX}{name.upper()}]", **kw)
-
-    def flag(name: str, default: bool, help_: str) -> None:
-        parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=_env_bool(name, default),
-                            help=f"{help_} (default: {default}) [{ENV_PREFIX}{name.upper()}=1|0]")
-
-    parser.add_argument("parts", nargs="*", help="part ids: 1, a range 1-3, or a list '1 2 3' / 1,2,3 [LAION_PARTS]")
-    opt("metadata_dir", help_="folder holding part_<N>.<input_format>")
-    opt("output_dir", help_="images go to <output_dir>/part_<N>")
-    opt("url_list", help_="download this one file instead of <metadata_dir>/part_<N>.<input_format> (one part id names the output folder)")
-    opt("input_format", default="parquet", help_="parquet, csv, tsv, json, jsonl, txt (and .gz variants)")
-    opt("output_format", default="webdataset", help_="webdataset (tar shards), files (one folder per shard) or parquet")
-    opt("image_size", int, 512, "resize target (smaller side for keep_ratio)")
-    opt("resize_mode", default="keep_ratio", help_="img2dataset resize mode",
-        choices=["keep_ratio", "center_crop", "border", "keep_ratio_largest", "no"])
-    flag("resize_only_if_bigger", True, "never upscale small images")
-    flag("skip_reencode", True, "keep the original bytes when no resize is needed and the format already matches")
-    opt("processes_count", int, launch.default_processes(), "download processes; the default is this machine's CPU count")
-    opt("thread_count", int, launch.default_threads(), "download threads per process; the default is 32 per CPU, at most 256")
-    opt("timeout", int, 10, "seconds to wait for one image")
-    opt("retries", int, 0, "extra attempts per failed URL")
-    opt("number_sample_per_shard", int, 10000, "rows per shard (keep it fixed across reruns of a part)")
-    opt("url_col", default="URL", help_="url column of the metadata")
-    opt("caption_col", default="TEXT", help_="caption column of the metadata")
-    opt("save_additional_columns", default="auto",
-        help_="comma list of metadata columns to keep in each sample's json; 'auto' = those present among "
-        + ", ".join(launch.DEFAULT_EXTRA_COLUMNS) + "; 'none'")
-    opt("distributor", default="multiprocessing", help_="multiprocessing (this machine) or pyspark", choices=["multiprocessing", "pyspark"])
-    opt("spark_master", help_="with --distributor pyspark: Spark master URL (spark://host:7077, local[8]); "
-        "unset = an existing session or img2dataset's local one. output_dir must be shared by the executors")
-    flag("insecure_ssl", False, "accept invalid TLS certificates (logs a warning); default verifies them")
-    flag("allow_non_http_urls", False, "hand rows whose URL is not http(s) (file://, ftp://, data:) to img2dataset, which "
-         "would read them; by default they are left out of the download, counted and reported")
-    flag("verify_resume", True, "before a rerun, check the shards already done and redo any that do not hold up")
-    flag("dry_run", False, "print the img2dataset arguments of each part as json and exit")
-    return parser
-
-
-def check_env_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """argparse checks ``choices`` of the flags given, never of defaults: a value outside them came from LAION_*.
-
-    Checked after parsing, so a valid flag on the command line still wins over a bad variable.
-    """
-    for action in parser._actions:
-        value = getattr(args, action.dest, None)
-        if action.choices and value is not None and value not in action.choices:
-            raise UserError(f"environment variable {ENV_PREFIX}{action.dest.upper()}={value!r} is not one of "
-                            f"{', '.join(map(str, action.choices))}")
+    return options_parser(OPTIONS, __doc__, **PARSER)
 
 
 def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -154,12 +132,9 @@ def part_kwargs(args: argparse.Namespace, input_path: Path, output_folder: str, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ours, theirs = split_passthrough(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(ours)
-    check_env_choices(parser, args)
+    args = resolve_config(OPTIONS, ours, __doc__, **PARSER)  # flags > --config yaml > LAION_* > defaults
     setup_cli_logging()
-    part_tokens = args.parts or ([_env("parts")] if _env("parts") else [])
-    part_ids = launch.parse_part_ids(part_tokens)
+    part_ids = launch.parse_part_ids(args.parts)
     extra = launch.parse_passthrough(theirs)
     clash = sorted(set(extra) & set(LAUNCHER_OWNED + ("incremental_mode",)))
     if clash:

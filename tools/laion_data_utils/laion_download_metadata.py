@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -20,36 +19,42 @@ from typing import Sequence
 from mindone.laion.http_download import DownloadError, RetryPolicy, download_file
 from mindone.laion.subsets import SUBSETS, get_subset, parse_parts
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
+from mindone.utils.config import Option, resolve_config
+from mindone.utils.config import build_parser as options_parser
 
 log = logging.getLogger("laion_download_metadata")
 
 
+OPTIONS: list[Option] = [
+    Option("subset", str, "improved_aesthetics_4.5plus", "which LAION metadata subset", choices=sorted(SUBSETS),
+           group=None),
+    Option("output_dir", str, None, "folder to download into (created if needed)", required=True, group=None),
+    Option("parts", str, "all", "1-based parts to fetch, e.g. 1-8,12 (default: all)", group=None),
+    Option("base_url", str, None, "mirror URL holding the files (default: the subset's Hugging Face URL)", group=None),
+    Option("file_pattern", str, None, "override the file-name pattern, with {n} for the on-disk number, e.g. "
+           "'part-{n:05d}.parquet'", group=None),
+    Option("num_files", int, None, "override the number of files (with --file_pattern)", group=None),
+    Option("first_index", int, None, "on-disk number of part 1 (with --file_pattern)", group=None),
+    Option("token", str, None, "access token for gated datasets, sent as 'Authorization: Bearer' (default: $HF_TOKEN)",
+           env="HF_TOKEN", group=None),
+    Option("retries", int, 5, "retries per file on transient errors", group=None),
+    Option("backoff", float, 2.0, "seconds before the first retry (doubles each time)", group=None),
+    Option("max_backoff", float, 60.0, "longest wait between retries (s)", group=None),
+    Option("timeout", float, 60.0, "socket timeout per request (s)", group=None),
+    Option("workers", int, 1, "files downloaded in parallel", group=None),
+    Option("dry_run", bool, False, "print the URLs and exit", action="store_true", group=None),
+    Option("no_progress", bool, False, "no progress bars", action="store_true", group=None),
+    Option("verbose", bool, False, "debug logging", action="store_true", group=None),
+]
+PARSER = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--subset", default="improved_aesthetics_4.5plus", choices=sorted(SUBSETS),
-                   help="which LAION metadata subset")
-    p.add_argument("--output_dir", required=True, help="folder to download into (created if needed)")
-    p.add_argument("--parts", default="all", help="1-based parts to fetch, e.g. 1-8,12 (default: all)")
-    p.add_argument("--base_url", help="mirror URL holding the files (default: the subset's Hugging Face URL)")
-    p.add_argument("--file_pattern",
-                   help="override the file-name pattern, with {n} for the on-disk number, e.g. 'part-{n:05d}.parquet'")
-    p.add_argument("--num_files", type=int, help="override the number of files (with --file_pattern)")
-    p.add_argument("--first_index", type=int, help="on-disk number of part 1 (with --file_pattern)")
-    p.add_argument("--token", default=os.environ.get("HF_TOKEN"),
-                   help="access token for gated datasets, sent as 'Authorization: Bearer' (default: $HF_TOKEN)")
-    p.add_argument("--retries", type=int, default=5, help="retries per file on transient errors")
-    p.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry (doubles each time)")
-    p.add_argument("--max_backoff", type=float, default=60.0, help="longest wait between retries (s)")
-    p.add_argument("--timeout", type=float, default=60.0, help="socket timeout per request (s)")
-    p.add_argument("--workers", type=int, default=1, help="files downloaded in parallel")
-    p.add_argument("--dry_run", action="store_true", help="print the URLs and exit")
-    p.add_argument("--no_progress", action="store_true", help="no progress bars")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
-    return p
+    return options_parser(OPTIONS, __doc__, **PARSER)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = resolve_config(OPTIONS, argv, __doc__, **PARSER)
     setup_cli_logging(args.verbose)
     if args.workers < 1 or args.retries < 0:
         raise UserError("--workers must be >= 1 and --retries >= 0")

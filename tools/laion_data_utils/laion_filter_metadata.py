@@ -23,84 +23,69 @@ import time  # noqa: E402
 from pathlib import Path
 from typing import Any, Sequence
 
-from mindone.data.filter_vocab import METADATA_FILTERS, canonical_names
+from mindone.data.filter_vocab import METADATA_FILTERS
 from mindone.laion.conditions import build_conditions
 from mindone.laion.filter_common import FilterPlan, inspect_inputs, list_parquet_files, unify_output_schema
 from mindone.laion.report import build_report, check_figures, format_check, write_report
 from mindone.laion.staging import check_target, staged_directory
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
+from mindone.utils.config import Option, resolve_config
+from mindone.utils.config import build_parser as options_parser
 
 log = logging.getLogger("laion_filter_metadata")
 COMPRESSION_CHOICES = ["snappy", "zstd", "lz4", "gzip", "none"]
 
+
+def condition_value(raw: Any) -> Any:
+    """A condition's flag or yaml value as given (a number, ``none``, a list of languages): read by
+    :func:`mindone.laion.conditions.build_conditions`, which names the flag when it is not one."""
+    return raw
+
+
+CONDITIONS = "conditions (a value of 'none' turns a condition off)"
+OPTIONS: list[Option] = [
+    Option("task", str, "filter", "filter: write the filtered parts; check: print seed 001's check figures for --data_dir",
+           choices=("filter", "check"), group=None),
+    Option("data_dir", str, None, "folder of input parquet files (downloaded metadata, or a filtered output)", group=None),
+    Option("output_dir", str, None, "folder to create with part_<N>.parquet and filter_report.json", group=None),
+    # one flag per metadata filter of the vocabulary, its old names accepted too
+    *[Option(spec.name, condition_value, spec.metadata_default, spec.metadata_help, aliases=spec.aliases,
+             group=CONDITIONS) for spec in METADATA_FILTERS],
+    Option("skip_missing_columns", bool, False, "skip a condition in files lacking its column (default: stop with an error)",
+           action="store_true", group=CONDITIONS),
+    Option("dedup", str, "none", "drop later rows repeating the key of an earlier row (first occurrence kept)",
+           choices=("none", "url", "url_text", "hash"), group="output"),
+    Option("shuffle", bool, False, "globally shuffle the output rows (seeded)", action="store_true", group="output"),
+    Option("seed", int, 0, "seed of the shuffle", group="output"),
+    Option("num_parts", int, None, "number of output parts (default: number of input files)", group="output"),
+    Option("rows_per_part", int, None, "rows per output part (instead of --num_parts)", group="output"),
+    Option("overwrite", bool, False, "replace an existing non-empty --output_dir", action="store_true", group="output"),
+    Option("compression", str, "snappy", "parquet codec of the output parts (snappy: like LAION's own files; none: "
+           "faster to write, parts about a third bigger)", choices=COMPRESSION_CHOICES, group="output"),
+    Option("engine", str, "arrow", "arrow: embedded streaming engine (one machine); spark: pyspark (local or a cluster)",
+           choices=("arrow", "spark"), group="engine"),
+    Option("master", str, "local[*]", "spark master URL (spark engine)", group="engine"),
+    Option("driver_memory", str, "8g", "spark driver memory (spark engine)", group="engine"),
+    Option("batch_rows", int, 65_536, "rows per record batch (arrow engine)", group="engine"),
+    Option("shuffle_bucket_mb", int, 256, "target size of one shuffle/dedup bucket; bounds peak memory (arrow engine)",
+           group="engine"),
+    Option("shuffle_buckets", int, 0, "number of buckets (0: from --shuffle_bucket_mb)", group="engine"),
+    Option("tmp_dir", str, None, "scratch folder for shuffle/dedup buckets, or a plain run's pass-1 masks and condition "
+           "values (default: inside the staging dir)", group="engine"),
+    Option("no_progress", bool, False, "no progress bars", action="store_true", group="engine"),
+    Option("verbose", bool, False, "debug logging", action="store_true", group="engine"),
+]
+PARSER = dict(formatter_class=argparse.RawDescriptionHelpFormatter,
+              config_help="yaml file whose keys are these flags' names (flags given here win)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="yaml file whose keys are these flags' names (flags given here win)")
-    p.add_argument("--task", choices=["filter", "check"], default="filter",
-                   help="filter: write the filtered parts; check: print seed 001's check figures for --data_dir")
-    p.add_argument("--data_dir", help="folder of input parquet files (downloaded metadata, or a filtered output)")
-    p.add_argument("--output_dir", help="folder to create with part_<N>.parquet and filter_report.json")
-    g = p.add_argument_group("conditions (a value of 'none' turns a condition off)")
-    for spec in METADATA_FILTERS:
-        g.add_argument(f"--{spec.name}", *(f"--{a}" for a in spec.aliases), dest=spec.name,
-                       default=spec.metadata_default, help=spec.metadata_help)
-    g.add_argument("--skip_missing_columns", action="store_true",
-                   help="skip a condition in files lacking its column (default: stop with an error)")
-    o = p.add_argument_group("output")
-    o.add_argument("--dedup", choices=["none", "url", "url_text", "hash"], default="none",
-                   help="drop later rows repeating the key of an earlier row (first occurrence kept)")
-    o.add_argument("--shuffle", action="store_true", help="globally shuffle the output rows (seeded)")
-    o.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
-    o.add_argument("--num_parts", type=int, help="number of output parts (default: number of input files)")
-    o.add_argument("--rows_per_part", type=int, help="rows per output part (instead of --num_parts)")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output_dir")
-    o.add_argument("--compression", choices=COMPRESSION_CHOICES, default="snappy",
-                   help="parquet codec of the output parts (snappy: like LAION's own files; none: faster to "
-                        "write, parts about a third bigger)")
-    e = p.add_argument_group("engine")
-    e.add_argument("--engine", choices=["arrow", "spark"], default="arrow",
-                   help="arrow: embedded streaming engine (one machine); spark: pyspark (local or a cluster)")
-    e.add_argument("--master", default="local[*]", help="spark master URL (spark engine)")
-    e.add_argument("--driver_memory", default="8g", help="spark driver memory (spark engine)")
-    e.add_argument("--batch_rows", type=int, default=65_536, help="rows per record batch (arrow engine)")
-    e.add_argument("--shuffle_bucket_mb", type=int, default=256,
-                   help="target size of one shuffle/dedup bucket; bounds peak memory (arrow engine)")
-    e.add_argument("--shuffle_buckets", type=int, default=0, help="number of buckets (0: from --shuffle_bucket_mb)")
-    e.add_argument("--tmp_dir", help="scratch folder for shuffle/dedup buckets, or a plain run's pass-1 masks and condition values "
-                        "(default: inside the staging dir)")
-    e.add_argument("--no_progress", action="store_true", help="no progress bars")
-    e.add_argument("--verbose", action="store_true", help="debug logging")
-    return p
+    return options_parser(OPTIONS, __doc__, **PARSER)
 
 
 def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
     """Flags over yaml over defaults."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config:
-        import yaml  # 12 ms of start-up: only when a config is given
-
-        path = Path(args.config)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"--config {path}: cannot read ({str(err).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"--config {path}: expected a mapping of flag names to values")
-        try:
-            loaded = canonical_names(loaded)  # a filter's old name (max_watermark) is its name
-        except ValueError as err:
-            raise UserError(f"--config {path}: {err}") from None
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise UserError(f"--config {path}: unknown key {unknown[0]!r}")
-        parser.set_defaults(**loaded)
-        args = parser.parse_args(argv)
-        for action in parser._actions:  # argparse does not check defaults against choices
-            value = getattr(args, action.dest, None)
-            if action.choices and value is not None and value not in action.choices:
-                raise UserError(f"--config {path}: {action.dest}: {value!r} is not one of {', '.join(action.choices)}")
+    args = resolve_config(OPTIONS, argv, __doc__, **PARSER)
     if not args.data_dir:
         raise UserError("--data_dir is required")
     if args.task == "filter" and not args.output_dir:

@@ -26,30 +26,36 @@ from typing import Sequence
 from tqdm import tqdm
 
 from mindone.laion.annotations import PartStats, remove_stale, select_parts, tar_part_stats, write_csv
-from mindone.laion.sample_filters import add_filter_arguments, describe, filters_from_args
+from mindone.laion.sample_filters import FILTER_OPTIONS, describe, filters_from_args
 from mindone.laion.shard_filter import DEFAULT_MAX_MEMBER_BYTES, ShardFilterError, filter_shard
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
+from mindone.utils.config import Option, resolve_config
+from mindone.utils.config import build_parser as options_parser
 
 logger = logging.getLogger("laion_gen_data_stats")
 HEADER = ("file_path", "num_samples")
 
 
+OPTIONS: list[Option] = [
+    Option("data_dir", str, None, "folder holding the part_<id> folders of a download", required=True, group=None),
+    Option("parts", str, None, "only these part ids (default: every part_<id> folder)", multiple=True, group=None),
+    Option("strict", bool, False, "exit with an error if any shard has to be left out; such a part gets no csv: its "
+           "existing part_<id>_stats.csv (and all_stats.csv with --all_stats) is removed, never kept stale",
+           action="store_true", group=None),
+    Option("all_stats", bool, False, "also write all_stats.csv covering every part", action="store_true", group=None),
+    Option("workers", int, 8, "shards checked at once (I/O-bound on cold or network disks)", group=None),
+    Option("filtered_output_dir", str, None, "with filters: write the passing samples as new shards here", group=None),
+    Option("max_member_mb", int, DEFAULT_MAX_MEMBER_BYTES >> 20, "with filters: refuse a shard holding a member "
+           "larger than this (each member is read whole)", group=None),
+    Option("allow_outside_data_dir", bool, False, "also list shards/images that are symlinks leading out of "
+           "--data_dir (default: left out unread, reported)", action="store_true", group=None),
+    *FILTER_OPTIONS,
+]
+PARSER = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="folder holding the part_<id> folders of a download")
-    parser.add_argument("--parts", nargs="*", help="only these part ids (default: every part_<id> folder)")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit with an error if any shard has to be left out; such a part gets no csv: its "
-                        "existing part_<id>_stats.csv (and all_stats.csv with --all_stats) is removed, never kept stale")
-    parser.add_argument("--all_stats", action="store_true", help="also write all_stats.csv covering every part")
-    parser.add_argument("--workers", type=int, default=8, help="shards checked at once (I/O-bound on cold or network disks)")
-    parser.add_argument("--filtered_output_dir", help="with filters: write the passing samples as new shards here")
-    parser.add_argument("--max_member_mb", type=int, default=DEFAULT_MAX_MEMBER_BYTES >> 20,
-                        help="with filters: refuse a shard holding a member larger than this (each member is read whole)")
-    parser.add_argument("--allow_outside_data_dir", action="store_true",
-                        help="also list shards/images that are symlinks leading out of --data_dir (default: left out unread, reported)")
-    add_filter_arguments(parser)
-    return parser
+    return options_parser(OPTIONS, __doc__, **PARSER)
 
 
 def write_part_stats(root: Path, part_id: str, stats: PartStats) -> None:
@@ -58,7 +64,7 @@ def write_part_stats(root: Path, part_id: str, stats: PartStats) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = resolve_config(OPTIONS, argv, __doc__, **PARSER)
     setup_cli_logging()
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():

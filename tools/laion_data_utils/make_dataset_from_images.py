@@ -23,23 +23,30 @@ from typing import Sequence
 from mindone.laion.annotations import files_part_annotations, tar_part_stats, write_csv
 from mindone.laion.own_images import build_dir_for, collect_samples, merge_counts, publish_part, sweep_leftovers, write_shards
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
+from mindone.utils.config import Option, resolve_config
+from mindone.utils.config import build_parser as options_parser
 
 logger = logging.getLogger("make_dataset_from_images")
 
 
+OPTIONS: list[Option] = [
+    Option("image_dir", str, None, "folder of images (searched recursively) and captions", required=True, group=None),
+    Option("output_dir", str, None, "dataset folder; the part goes to <output_dir>/part_<part_id>", required=True,
+           group=None),
+    Option("output_format", str, "webdataset", "webdataset: tar shards + part_<id>_stats.csv; files: one folder per "
+           "shard + part_<id>.csv (default: webdataset)", choices=("webdataset", "files"), group=None),
+    Option("part_id", str, "1", "part folder name suffix (default: 1)", group=None),
+    Option("samples_per_shard", int, 10000, "images per tar / folder (default: 10000)", group=None),
+    Option("image_size", int, None, "shrink images whose smaller side exceeds this (re-encoded as jpg); default keeps "
+           "the original bytes", group=None),
+    Option("allow_outside_image_dir", bool, False, "read images and captions that are symlinks leading out of "
+           "--image_dir (default: skipped and counted)", action="store_true", group=None),
+]
+PARSER = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image_dir", required=True, help="folder of images (searched recursively) and captions")
-    parser.add_argument("--output_dir", required=True, help="dataset folder; the part goes to <output_dir>/part_<part_id>")
-    parser.add_argument("--output_format", default="webdataset", choices=["webdataset", "files"], help="webdataset: tar shards + part_<id>_stats.csv; files: one folder per shard + part_<id>.csv (default: webdataset)")
-    parser.add_argument("--part_id", default="1", help="part folder name suffix (default: 1)")
-    parser.add_argument("--samples_per_shard", type=int, default=10000, help="images per tar / folder (default: 10000)")
-    parser.add_argument("--image_size", type=int, default=None,
-                        help="shrink images whose smaller side exceeds this (re-encoded as jpg); default keeps the original bytes")
-    parser.add_argument("--allow_outside_image_dir", action="store_true",
-                        help="read images and captions that are symlinks leading out of --image_dir "
-                        "(default: skipped and counted)")
-    return parser
+    return options_parser(OPTIONS, __doc__, **PARSER)
 
 
 def checked_rows(out: Path, build_dir: Path, output_format: str) -> list[tuple[str, object]]:
@@ -56,7 +63,7 @@ def checked_rows(out: Path, build_dir: Path, output_format: str) -> list[tuple[s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = resolve_config(OPTIONS, argv, __doc__, **PARSER)
     setup_cli_logging()
     if args.samples_per_shard < 1:
         raise UserError(f"--samples_per_shard must be at least 1, got {args.samples_per_shard}")
