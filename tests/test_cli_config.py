@@ -170,10 +170,36 @@ def test_make_dataset_from_yaml_equals_flags(tmp_path):
         f"make_dataset_from_images.py: error: --config {bad}: unknown key 'output_dri' (see --help for the options)"]
 
 
+def test_text_to_image_options_yaml_equals_flags(tmp_path):
+    """text_to_image.py's --config is the model yaml, so its options yaml is --options."""
+    module = _load("examples/stable_diffusion_v2/text_to_image.py")
+    flags = ["--config", "tiny", "--prompt", "a cat", "--steps", "3", "--sampler", "dpm++", "--skip_grid",
+             "--allow_random_init", "--H", "64"]
+    cfg = write(tmp_path, {"config": "tiny", "prompt": "a cat", "steps": 3, "sampler": "dpm++", "skip_grid": True,
+                           "allow_random_init": True, "H": 64})
+    from_flags, from_yaml = vars(module.parse_args(flags)), vars(module.parse_args(["--options", str(cfg)]))
+    assert from_yaml.pop("options") == str(cfg) and from_flags.pop("options") is None
+    assert from_yaml == from_flags
+    assert module.parse_args(["--options", str(cfg), "--steps", "9", "--config", "v2-768-v"]).steps == 9
+    bad = write(tmp_path, {"stepz": 3}, "bad.yaml")
+    with pytest.raises(UserError, match=rf"^--options {bad}: unknown key 'stepz'"):
+        module.parse_args(["--options", str(bad)])
+
+
+def _load(script: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_cli_{Path(script).stem}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 CLIS = ["tools/laion_data_utils/laion_filter_metadata.py", "tools/laion_data_utils/laion_download_metadata.py",
         "tools/laion_data_utils/laion_download_imgs.py", "tools/laion_data_utils/laion_gen_data_stats.py",
         "tools/laion_data_utils/laion_gen_csv_annot.py", "tools/laion_data_utils/make_dataset_from_images.py",
-        "examples/stable_diffusion_v2/encode_latents.py"]
+        "examples/stable_diffusion_v2/text_to_image.py", "examples/stable_diffusion_v2/encode_latents.py",
+        "tools/model_conversion/convert_weights.py"]
 
 
 @pytest.mark.parametrize("script", CLIS, ids=lambda s: Path(s).stem)

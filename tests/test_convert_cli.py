@@ -149,13 +149,13 @@ def test_build_parser_exposes_every_flag_and_parse_args_uses_it():
     parser = build_parser()
     assert isinstance(parser, argparse.ArgumentParser) and build_parser() is not parser
     flags = {flag for action in parser._actions for flag in action.option_strings}
-    assert flags == {"-h", "--help", "--source", "--target", "--config", "--dtype", "--use_ema", "--overwrite",
-                     "-v", "--verbose"}
+    assert flags == {"-h", "--help", "--options", "--source", "--target", "--config", "--dtype", "--use_ema",
+                     "--overwrite", "-v", "--verbose"}
     assert all(action.help for action in parser._actions)
     argv = ["--source", "in.ckpt", "--target", "out.safetensors"]
     assert vars(parse_args(argv)) == vars(parser.parse_args(argv)) == {
-        "source": "in.ckpt", "target": "out.safetensors", "config": "v2-base-512-eps", "dtype": "keep",
-        "use_ema": False, "overwrite": False, "verbose": False}
+        "options": None, "source": "in.ckpt", "target": "out.safetensors", "config": "v2-base-512-eps",
+        "dtype": "keep", "use_ema": False, "overwrite": False, "verbose": False}
     assert parse_args(["--source", "in.ckpt"]).target is None  # convert_weights picks <source>.safetensors
 
 

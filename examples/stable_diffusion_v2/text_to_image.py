@@ -23,6 +23,8 @@ import numpy as np
 
 from mindone.utils.atomic import remove_stale_temps
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
+from mindone.utils.config import Option, resolve_config
+from mindone.utils.config import build_parser as options_parser
 from mindone.utils.images import labelled_grid, save_png
 
 logger = logging.getLogger("text_to_image")
@@ -32,65 +34,63 @@ MAX_STEPS = 999  # 1000 steps would reach t=1000 (DDIM, offset 1) or repeat a ti
 GRID_MAX_IMAGES = 64  # the grid holds the first images of a run; a long prompt file would not fit in memory
 
 
+OPTIONS: list[Option] = [
+    Option("config", str, "v2-base-512-eps", "model yaml: a path, or a bundled name under configs/model "
+           "(v2-base-512-eps, v2-768-v, tiny); default: %(default)s", group="model"),
+    Option("ckpt", str, None, "weights: a converted MindSpore .ckpt, an original SD 2.x .ckpt/.safetensors, or a "
+           "diffusers folder", group="model"),
+    Option("lora", str, None, "LoRA adapters saved by train_text_to_image.py --use_lora (lora.ckpt), applied on top "
+           "of --ckpt", group="model"),
+    Option("lora_merge", bool, False, "fold the --lora adapters into the base weights once (same images, plain model, "
+           "slightly faster sampling)", action="store_true", group="model"),
+    Option("allow_random_init", bool, False, "run with random weights when --ckpt is not given (smoke tests only: the "
+           "images are noise)", action="store_true", group="model"),
+    Option("vocab_path", str, None, "bpe_simple_vocab_16e6.txt.gz (default: the copy inside the installed "
+           "open_clip_torch package)", group="model"),
+    Option("prompt", str, None, "the text to draw", group="prompts"),
+    Option("prompt_file", str, None, "a UTF-8 text file with one prompt per line (blank lines skipped)",
+           group="prompts"),
+    Option("negative_prompt", str, "", "what to steer away from (the unconditional side of guidance)",
+           group="prompts"),
+    Option("sampler", str, "ddim", "ddim or dpm++ (DPM-Solver++ 2M); default: %(default)s", choices=SAMPLER_CHOICES,
+           group="sampling"),
+    Option("steps", int, 50, "sampling steps (dpm++ does well with 20-25); default: %(default)s", group="sampling"),
+    Option("guidance_scale", float, 7.5, "classifier-free guidance scale; <= 1 disables guidance (one UNet pass per "
+           "step); default: %(default)s", group="sampling"),
+    Option("eta", float, 0.0, "DDIM noise weight; default %(default)s (deterministic)", group="sampling"),
+    Option("seed", int, 42, "random seed (>= 0); the same seed gives the same images; default: %(default)s",
+           group="sampling"),
+    Option("n_samples", int, 1, "images per prompt; default: %(default)s", group="sampling"),
+    Option("batch_size", int, None, "images per UNet call (default: --n_samples); does not change the images' "
+           "latents", group="sampling"),
+    Option("H", int, None, "image height in pixels (default: the config's image_size)", group="sampling"),
+    Option("W", int, None, "image width in pixels (default: the config's image_size)", group="sampling"),
+    Option("dtype", str, "fp32", "compute dtype of the model (MindSpore AMP O2; the attention softmax stays fp32); "
+           "fp16 is the usual choice on Ascend; default: %(default)s", choices=("fp32", "fp16", "bf16"),
+           group="sampling"),
+    Option("output_dir", str, "outputs/text_to_image", "where samples/ and the grid go; default: %(default)s",
+           group="output and runtime"),
+    Option("skip_grid", bool, False, f"do not write the grid (of the first {GRID_MAX_IMAGES} images)",
+           action="store_true", group="output and runtime"),
+    Option("mode", str, "graph", "MindSpore execution mode (graph compiles once, then runs faster); default: "
+           "%(default)s", choices=("graph", "pynative"), group="output and runtime"),
+    Option("device_target", str, None, "device (default: what MindSpore was built for)",
+           choices=("CPU", "Ascend", "GPU"), group="output and runtime"),
+    Option("verbose", bool, False, "debug logging", action="store_true", group="output and runtime"),
+]
+# --config names the model yaml here (as in ldm's scripts), so the yaml of these options is --options
+PARSER = dict(formatter_class=argparse.HelpFormatter, config_flag="options",
+              config_help="yaml file whose keys are these flags' names (flags given here win; --config is the "
+                          "model yaml)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    model = p.add_argument_group("model")
-    model.add_argument("--config", default="v2-base-512-eps",
-                       help="model yaml: a path, or a bundled name under configs/model "
-                            "(v2-base-512-eps, v2-768-v, tiny); default: %(default)s")
-    model.add_argument("--ckpt", default=None,
-                       help="weights: a converted MindSpore .ckpt, an original SD 2.x .ckpt/.safetensors, "
-                            "or a diffusers folder")
-    model.add_argument("--lora", default=None,
-                       help="LoRA adapters saved by train_text_to_image.py --use_lora (lora.ckpt), applied on "
-                            "top of --ckpt")
-    model.add_argument("--lora_merge", action="store_true",
-                       help="fold the --lora adapters into the base weights once (same images, plain model, "
-                            "slightly faster sampling)")
-    model.add_argument("--allow_random_init", action="store_true",
-                       help="run with random weights when --ckpt is not given (smoke tests only: the images are noise)")
-    model.add_argument("--vocab_path", default=None,
-                       help="bpe_simple_vocab_16e6.txt.gz (default: the copy inside the installed "
-                            "open_clip_torch package)")
-    text = p.add_argument_group("prompts")
-    text.add_argument("--prompt", default=None, help="the text to draw")
-    text.add_argument("--prompt_file", default=None,
-                      help="a UTF-8 text file with one prompt per line (blank lines skipped)")
-    text.add_argument("--negative_prompt", default="",
-                      help="what to steer away from (the unconditional side of guidance)")
-    sampling = p.add_argument_group("sampling")
-    sampling.add_argument("--sampler", choices=SAMPLER_CHOICES, default="ddim",
-                          help="ddim or dpm++ (DPM-Solver++ 2M); default: %(default)s")
-    sampling.add_argument("--steps", type=int, default=50,
-                          help="sampling steps (dpm++ does well with 20-25); default: %(default)s")
-    sampling.add_argument("--guidance_scale", type=float, default=7.5,
-                          help="classifier-free guidance scale; <= 1 disables guidance (one UNet pass per step); "
-                               "default: %(default)s")
-    sampling.add_argument("--eta", type=float, default=0.0,
-                          help="DDIM noise weight; default %(default)s (deterministic)")
-    sampling.add_argument("--seed", type=int, default=42,
-                          help="random seed (>= 0); the same seed gives the same images; default: %(default)s")
-    sampling.add_argument("--n_samples", type=int, default=1, help="images per prompt; default: %(default)s")
-    sampling.add_argument("--batch_size", type=int, default=None,
-                          help="images per UNet call (default: --n_samples); does not change the images' latents")
-    sampling.add_argument("--H", type=int, default=None,
-                          help="image height in pixels (default: the config's image_size)")
-    sampling.add_argument("--W", type=int, default=None,
-                          help="image width in pixels (default: the config's image_size)")
-    sampling.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
-                          help="compute dtype of the model (MindSpore AMP O2; the attention softmax stays fp32); "
-                               "fp16 is the usual choice on Ascend; default: %(default)s")
-    out = p.add_argument_group("output and runtime")
-    out.add_argument("--output_dir", default="outputs/text_to_image",
-                     help="where samples/ and the grid go; default: %(default)s")
-    out.add_argument("--skip_grid", action="store_true",
-                     help=f"do not write the grid (of the first {GRID_MAX_IMAGES} images)")
-    out.add_argument("--mode", choices=("graph", "pynative"), default="graph",
-                     help="MindSpore execution mode (graph compiles once, then runs faster); default: %(default)s")
-    out.add_argument("--device_target", choices=("CPU", "Ascend", "GPU"), default=None,
-                     help="device (default: what MindSpore was built for)")
-    out.add_argument("--verbose", action="store_true", help="debug logging")
-    return p
+    return options_parser(OPTIONS, __doc__.split("\n\n")[0], **PARSER)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Defaults < --options yaml < flags."""
+    return resolve_config(OPTIONS, argv, __doc__.split("\n\n")[0], **PARSER)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -178,7 +178,7 @@ def next_grid_index(output_dir: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     setup_cli_logging(args.verbose)
     prompts = read_prompts(args)
     check_args(args)

@@ -22,36 +22,43 @@ from typing import Sequence
 import numpy as np
 
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
+from mindone.utils.config import Option, resolve_config
+from mindone.utils.config import build_parser as options_parser
 
 logger = logging.getLogger("convert_weights")
 DTYPES = {"keep": None, "fp32": np.float32, "fp16": np.float16}
 
 
+OPTIONS: list[Option] = [
+    Option("source", str, None, "original .ckpt/.safetensors, diffusers folder or MindSpore .ckpt", required=True,
+           group=None),
+    Option("target", str, None, "output file: .safetensors (original ldm layout, memory-mapped when loaded) or .ckpt "
+           "(MindSpore checkpoint) (default: the source's name with .safetensors, beside it)", group=None),
+    Option("config", str, "v2-base-512-eps", "model config (yaml path or bundled name: v2-base-512-eps, v2-768-v, "
+           "tiny) giving the expected tensor names and shapes; both SD 2.x configs share one layout "
+           "(default: %(default)s)", group=None),
+    Option("dtype", str, "keep", "floating-point dtype of the output tensors; 'keep' preserves the source's, which "
+           "makes a .ckpt -> .safetensors round trip bit-exact (default: %(default)s)", choices=sorted(DTYPES),
+           group=None),
+    Option("use_ema", bool, False, "write the EMA copy of each weight where the source has one (ldm model_ema.*, "
+           "mindone training ema.*)", action="store_true", group=None),
+    Option("overwrite", bool, False, "replace an existing target file", action="store_true", group=None),
+    Option("verbose", bool, False, "debug logging", action="store_true", short="-v", group=None),
+]
+# --config names the model yaml here, so the yaml of these options is --options (as for text_to_image.py)
+PARSER = dict(formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__, config_flag="options",
+              config_help="yaml file whose keys are these flags' names (flags given here win; --config is the "
+                          "model config)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (also imported by tools that document every flag)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--source", required=True, help="original .ckpt/.safetensors, diffusers folder or MindSpore .ckpt")
-    parser.add_argument("--target", default=None,
-                        help="output file: .safetensors (original ldm layout, memory-mapped when loaded) or .ckpt "
-                             "(MindSpore checkpoint) (default: the source's name with .safetensors, beside it)")
-    parser.add_argument("--config", default="v2-base-512-eps",
-                        help="model config (yaml path or bundled name: v2-base-512-eps, v2-768-v, tiny) giving the "
-                             "expected tensor names and shapes; both SD 2.x configs share one layout "
-                             "(default: %(default)s)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="keep",
-                        help="floating-point dtype of the output tensors; 'keep' preserves the source's, which makes "
-                             "a .ckpt -> .safetensors round trip bit-exact (default: %(default)s)")
-    parser.add_argument("--use_ema", action="store_true",
-                        help="write the EMA copy of each weight where the source has one (ldm model_ema.*, "
-                             "mindone training ema.*)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing target file")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser
+    return options_parser(OPTIONS, __doc__.split("\n\n")[0], **PARSER)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    """Defaults < --options yaml < flags."""
+    return resolve_config(OPTIONS, argv, __doc__.split("\n\n")[0], **PARSER)
 
 
 def default_target(source: Path) -> Path:
