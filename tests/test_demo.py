@@ -22,9 +22,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 TUTORIAL = REPO / "examples" / "stable_diffusion_v2" / "README.md"
-# The demo with a handful of steps: every stage runs, nothing is learnt (the full run's score, and the reduced
-# recipe that was tried here, are in docs/benchmarks.md).
-REDUCED = ["--rows", "60", "--vae_steps", "4", "--train_steps", "6", "--sample_steps", "2"]
+# The demo on its full data with about half its training steps and half its sampler steps: the shortest recipe
+# measured to learn the prompts' colours (0.53 / 0.50 on its first run, chance 0.125; docs/benchmarks.md).
+REDUCED = ["--vae_steps", "400", "--train_steps", "500", "--sample_steps", "10"]
 SMALLER = {"--max_train_steps 60": "--max_train_steps 4", "--checkpointing_steps 20": "--checkpointing_steps 2",
            "--max_train_steps 40": "--max_train_steps 3", "--steps 20": "--steps 2", "--n_samples 4": "--n_samples 2"}
 
@@ -64,15 +64,15 @@ def demo(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_demo_runs_every_stage_and_ends_in_images(demo):
+@pytest.mark.timeout(1200)
+def test_demo_runs_every_stage_and_its_model_follows_the_prompts(demo):
     root, out, proc = demo
     for stage in range(1, 11):
         assert f"[{stage}/10]" in proc.stdout and "finished in" in proc.stdout
     report = json.loads((out / "metadata_filtered" / "filter_report.json").read_text())
-    assert report["rows_in"] == 60 and report["rows_out"] == 36  # 4 rows in 10 fail one seed-001 condition
+    assert report["rows_in"] == 1000 and report["rows_out"] == 600  # 4 rows in 10 fail one seed-001 condition
     stats = (out / "image_text_data" / "part_1_stats.csv").read_text().splitlines()
-    assert stats[0] == "file_path,num_samples" and sum(int(r.split(",")[1]) for r in stats[1:]) == 36
+    assert stats[0] == "file_path,num_samples" and sum(int(r.split(",")[1]) for r in stats[1:]) == 600
     loss_rows = (out / "train" / "metrics.csv").read_text().splitlines()
     assert len(loss_rows) >= 2 and (out / "train" / "model.ckpt").is_file()
     # The UNet run started from the autoencoder run's weights, and its config says so.
@@ -83,17 +83,19 @@ def test_demo_runs_every_stage_and_ends_in_images(demo):
     grid = np.asarray(Image.open(out / "samples" / "grid-0000.png"))
     assert grid.ndim == 3 and grid.std() > 0
     assert grid.shape[1] >= 3 * 128 and grid.shape[0] >= 4 * 128  # 4 prompts x 3 seeds, enlarged, captioned
-    # The score stage sampled 16 other prompts x 2 and scored them (after 6 steps: about chance).
+    # The score stage sampled 16 other prompts x 2 and scored them. Chance is 1/8 per colour: 10 or more
+    # right of 32 happens by chance with probability 0.004; the recipe scored 17 and 16 (centre, border) when measured.
     score = json.loads((out / "prompt_score.json").read_text())
     assert score["images"] == 32 and len(score["per_image"]) == 32 and score["settings"]["seed"] == 1000
-    assert all(0.0 <= score[k] <= 1.0 for k in ("centre_colour", "border_colour", "shape"))
+    assert score["centre_colour"] >= 0.3 and score["border_colour"] >= 0.3, score
+    assert yaml.safe_load((out / "train" / "model_config.yaml").read_text())["zero_terminal_snr"] is True
     assert "centre colour" in proc.stdout and (out / "score_grid.png").is_file()
     assert Image.open(out / "loss_curve.png").size[0] > 300
     assert str(out / "samples" / "grid-0000.png") in proc.stdout  # the summary says where everything is
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_second_demo_run_reuses_every_stage(demo):
     root, out, _ = demo
     before = (out / "train" / "model.ckpt").stat().st_mtime_ns
