@@ -15,8 +15,9 @@ ms = pytest.importorskip("mindspore")
 
 from mindone.convert import load_sd_weights  # noqa: E402
 from mindone.convert.safetensors_io import read_safetensors, write_safetensors  # noqa: E402
+from mindone.errors import CheckpointError  # noqa: E402
 from mindone.models.config import build_model, load_model_config  # noqa: E402
-from mindone.utils.cli import UserError  # noqa: E402
+from mindone.utils.cli import ONE_LINE_ERRORS, UserError  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "model_conversion" / "convert_weights.py"
 sys.path.insert(0, str(SCRIPT.parent))
@@ -84,12 +85,12 @@ def test_missing_tensors_stop_with_the_list_and_write_nothing(tiny_state, tmp_pa
     partial = {n: a for n, a in tiny_state.items() if ".mid.attn_1." not in n}
     write_safetensors(tmp_path / "partial.safetensors", partial)
     target = tmp_path / "out.ckpt"
-    with pytest.raises(UserError, match=r"20 tensors missing: first_stage_model\.decoder\.mid\.attn_1\.k\.bias"):
+    with pytest.raises(ONE_LINE_ERRORS, match=r"20 tensors missing: first_stage_model\.decoder\.mid\.attn_1\.k\.bias"):
         main(["--source", str(tmp_path / "partial.safetensors"), "--target", str(target), "--config", "tiny"])
     assert not target.exists() and list(tmp_path.iterdir()) == [tmp_path / "partial.safetensors"]
     model = fresh_tiny()
     before = {n: p.asnumpy().copy() for n, p in model.parameters_and_names()}
-    with pytest.raises(UserError, match="tensors missing"):
+    with pytest.raises(CheckpointError, match="tensors missing"):
         load_sd_weights(model, tmp_path / "partial.safetensors")
     assert all(np.array_equal(p.asnumpy(), before[n]) for n, p in model.parameters_and_names())
 
@@ -97,8 +98,8 @@ def test_missing_tensors_stop_with_the_list_and_write_nothing(tiny_state, tmp_pa
 def test_wrong_config_reports_missing_blocks(tiny_state, tmp_path):
     write_safetensors(tmp_path / "tiny.safetensors", tiny_state)
     argv = ["--source", str(tmp_path / "tiny.safetensors"), "--target", str(tmp_path / "o.ckpt")]
-    with pytest.raises(UserError, match=r"540 tensors missing \(a different architecture\? check the model config\)"
-                                        r": cond_stage_model.model.transformer.resblocks.10.\* \(12\)") as err:
+    with pytest.raises(ONE_LINE_ERRORS, match=r"540 tensors missing \(a different architecture\? check the model config\)"
+                                              r": cond_stage_model.model.transformer.resblocks.10.\* \(12\)") as err:
         main(argv)
     summary = str(err.value)
     assert re.search(r" and \d+ more \(run with debug logging \(-v / --verbose\) to log every name\)$", summary)
@@ -134,12 +135,12 @@ def test_cli_argument_errors_are_one_line(tmp_path):
         main(["--source", str(existing)])
     with pytest.raises(UserError, match="must end in .safetensors"):
         main(["--source", str(existing), "--target", str(tmp_path / "x.pt")])
-    with pytest.raises(UserError, match="no such file or directory"):
+    with pytest.raises(ONE_LINE_ERRORS, match="no such file or directory"):
         main(["--source", str(tmp_path / "nope"), "--target", str(tmp_path / "x.ckpt")])
     (tmp_path / "junk.ckpt").write_bytes(b"\x00garbage")
     # the reason, not a format guess: where the bytes stop making sense as a checkpoint
-    with pytest.raises(UserError, match=r"junk\.ckpt: not a readable MindSpore checkpoint \(byte 0: field number 0 "
-                                        r"\(not a protobuf message\)\); not a torch zip checkpoint either$"):
+    with pytest.raises(ONE_LINE_ERRORS, match=r"junk\.ckpt: not a readable MindSpore checkpoint \(byte 0: field number 0 "
+                                              r"\(not a protobuf message\)\); not a torch zip checkpoint either$"):
         main(["--source", str(tmp_path / "junk.ckpt"), "--target", str(tmp_path / "x.ckpt"), "--config", "tiny"])
 
 
@@ -176,7 +177,7 @@ def test_use_ema_takes_ldm_and_mindone_ema_copies(tiny_state, tmp_path):
     assert load_sd_weights(fresh_tiny(), source)["extra"] == sorted([*ldm_ema, f"ema.{text_name}",
                                                                       "model_ema.num_updates"])
     write_safetensors(tmp_path / "plain.safetensors", tiny_state)
-    with pytest.raises(UserError, match="no EMA weights"):
+    with pytest.raises(ONE_LINE_ERRORS, match="no EMA weights"):
         main(["--source", str(tmp_path / "plain.safetensors"), "--target", str(tmp_path / "x.ckpt"),
               "--config", "tiny", "--use_ema"])
 
@@ -212,7 +213,7 @@ def test_diffusers_folder_variants_sharded_fp16_and_legacy_vae_names(tiny_state,
             else tiny_state[name]
         np.testing.assert_array_equal(param.asnumpy(), expected)
     (folder / "vae" / "diffusion_pytorch_model.fp16.safetensors").unlink()
-    with pytest.raises(UserError, match="vae: no weights file"):
+    with pytest.raises(CheckpointError, match="vae: no weights file"):
         load_sd_weights(fresh_tiny(), folder)
 
 

@@ -15,8 +15,8 @@ ms = pytest.importorskip("mindspore")
 from mindone.convert import load_sd_weights  # noqa: E402
 from mindone.convert.name_maps import build_rules  # noqa: E402
 from mindone.convert.safetensors_io import read_safetensors, write_safetensors  # noqa: E402
+from mindone.errors import CheckpointError  # noqa: E402
 from mindone.models.config import build_model, load_model_config  # noqa: E402
-from mindone.utils.cli import UserError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def test_index_entries_leading_out_of_the_folder_are_refused(tiny_state, tmp_pat
     index = folder / "unet" / "diffusion_pytorch_model.safetensors.index.json"
     weight_map = json.loads(index.read_text())["weight_map"]
     write_index(folder, {**weight_map, "conv_in.weight": entry})
-    with pytest.raises(UserError, match=rf"^{index}: weight_map entry '{entry}': names a file outside the model "
-                                        r"folder \(absolute path or '\.\.'\); refused$"):
+    with pytest.raises(CheckpointError, match=rf"^{index}: weight_map entry '{entry}': names a file outside the model "
+                                              r"folder \(absolute path or '\.\.'\); refused$"):
         load_sd_weights(fresh_tiny(), folder)
 
 
@@ -88,8 +88,8 @@ def test_symlinks_pointing_out_of_the_folder_are_refused(tiny_state, tmp_path, o
     (folder / "unet" / "extra.safetensors").symlink_to(outside)
     index = folder / "unet" / "diffusion_pytorch_model.safetensors.index.json"
     write_index(folder, {**json.loads(index.read_text())["weight_map"], "conv_in.weight": "extra.safetensors"})
-    with pytest.raises(UserError, match=rf"^{index}: weight_map entry 'extra.safetensors': resolves to {outside}, "
-                                        r"outside the model folder \(a symlink pointing out\?\); refused$"):
+    with pytest.raises(CheckpointError, match=rf"^{index}: weight_map entry 'extra.safetensors': resolves to {outside}, "
+                                              r"outside the model folder \(a symlink pointing out\?\); refused$"):
         load_sd_weights(fresh_tiny(), folder)
     # the single weights file of a component is held to the same rule
     text = folder / "text_encoder" / "model.safetensors"
@@ -98,8 +98,8 @@ def test_symlinks_pointing_out_of_the_folder_are_refused(tiny_state, tmp_path, o
     text.symlink_to(elsewhere)
     write_index(folder, {k: v for k, v in json.loads(index.read_text())["weight_map"].items()
                          if v != "extra.safetensors"})
-    with pytest.raises(UserError, match=r"text_encoder/model\.safetensors: resolves to .*elsewhere\.safetensors, "
-                                        "outside the model folder"):
+    with pytest.raises(CheckpointError, match=r"text_encoder/model\.safetensors: resolves to .*elsewhere\.safetensors, "
+                                              "outside the model folder"):
         load_sd_weights(fresh_tiny(), folder)
 
 
@@ -126,10 +126,10 @@ def test_a_malformed_index_is_one_line_naming_it(tiny_state, tmp_path):
     write_diffusers_folder(folder, tiny_state)
     index = folder / "unet" / "diffusion_pytorch_model.safetensors.index.json"
     index.write_text(json.dumps({"weight_map": {"conv_in.weight": 7}}))
-    with pytest.raises(UserError, match=rf"^{index}: weight_map entry 'conv_in.weight' does not name a file$"):
+    with pytest.raises(CheckpointError, match=rf"^{index}: weight_map entry 'conv_in.weight' does not name a file$"):
         load_sd_weights(fresh_tiny(), folder)
     index.write_text("{not json")
-    with pytest.raises(UserError, match=rf"^{index}: not a readable weights index \(JSONDecodeError"):
+    with pytest.raises(CheckpointError, match=rf"^{index}: not a readable weights index \(JSONDecodeError"):
         load_sd_weights(fresh_tiny(), folder)
 
 

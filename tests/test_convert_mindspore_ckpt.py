@@ -14,7 +14,7 @@ ms = pytest.importorskip("mindspore")
 import mindone.convert.mindspore_ckpt as ckpt_io  # noqa: E402
 from mindone.convert.mapped_pages import release_pages  # noqa: E402
 from mindone.convert.mindspore_ckpt import read_mindspore_checkpoint, write_mindspore_checkpoint  # noqa: E402
-from mindone.utils.cli import UserError  # noqa: E402
+from mindone.errors import CheckpointError  # noqa: E402
 
 
 def sample_arrays() -> dict[str, np.ndarray]:
@@ -142,13 +142,13 @@ def test_crafted_files_fail_with_the_reason_without_allocating(tmp_path, case):
     data, reason = CRAFTED[case]
     (tmp_path / "bad.ckpt").write_bytes(data)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(UserError, match=rf"bad\.ckpt: not a readable MindSpore checkpoint \(.*({reason})") as err:
+    with pytest.raises(CheckpointError, match=rf"bad\.ckpt: not a readable MindSpore checkpoint \(.*({reason})") as err:
         read_mindspore_checkpoint(tmp_path / "bad.ckpt")
     assert "\n" not in str(err.value)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # kB: nothing like the claim
     from mindone.convert.sources import read_source
 
-    with pytest.raises(UserError, match=rf"bad\.ckpt: not a readable MindSpore checkpoint .*; not a torch zip"):
+    with pytest.raises(CheckpointError, match=rf"bad\.ckpt: not a readable MindSpore checkpoint .*; not a torch zip"):
         read_source(tmp_path / "bad.ckpt")
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from mindone.convert.safetensors_io import read_safetensors, write_safetensors
 from mindone.convert.torch_pickle import Opaque, read_torch_checkpoint
-from mindone.utils.cli import UserError
+from mindone.errors import CheckpointError
 
 
 def sample_arrays() -> dict[str, np.ndarray]:
@@ -52,7 +52,7 @@ def test_safetensors_reader_reads_reference_files_including_bf16(tmp_path):
 
 def test_safetensors_reader_rejects_garbage(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 16)
-    with pytest.raises(UserError, match="bad.safetensors: not a readable safetensors file"):
+    with pytest.raises(CheckpointError, match="bad.safetensors: not a readable safetensors file"):
         read_safetensors(tmp_path / "bad.safetensors")
 
 
@@ -106,7 +106,7 @@ def test_restricted_reader_never_executes_code_from_the_file(tmp_path):
 
 def test_non_zip_pickles_are_refused_with_one_line(tmp_path):
     (tmp_path / "old.ckpt").write_bytes(pickle.dumps({"w": 1}))
-    with pytest.raises(UserError, match="old.ckpt: not a PyTorch zip checkpoint"):
+    with pytest.raises(CheckpointError, match="old.ckpt: not a PyTorch zip checkpoint"):
         read_torch_checkpoint(tmp_path / "old.ckpt")
 
 
@@ -202,18 +202,18 @@ def test_tensor_geometry_outside_the_storage_is_refused(tmp_path, offset, size, 
                                                       "bad": _Tensor("1", 6, offset, size, stride)},
                           {"0": np.zeros(6), "1": np.zeros(6)})
     message = rf"crafted\.ckpt: cannot read torch checkpoint \(tensor on storage record data/1: .*{problem}"
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(CheckpointError, match=message):
         read_torch_checkpoint(tmp_path / "crafted.ckpt")
     from mindone.convert.sources import read_source
 
-    with pytest.raises(UserError, match=message):  # with torch installed: torch.load fails, then the same error
+    with pytest.raises(CheckpointError, match=message):  # with torch installed: torch.load fails, then the same error
         read_source(tmp_path / "crafted.ckpt")
 
 
 def test_storage_record_of_partial_elements_is_refused(tmp_path):
     write_torch_style_zip(tmp_path / "cut.ckpt", {"w": _Tensor("0", 2, 0, (1,), (1,))}, {"0": b"\x00" * 7})
-    with pytest.raises(UserError, match=r"cut\.ckpt: .*storage record data/0: 7 bytes, not a whole number of "
-                                        r"FloatStorage elements"):
+    with pytest.raises(CheckpointError, match=r"cut\.ckpt: .*storage record data/0: 7 bytes, not a whole number of "
+                                              r"FloatStorage elements"):
         read_torch_checkpoint(tmp_path / "cut.ckpt")
 
 
@@ -232,12 +232,12 @@ def test_a_tiny_file_claiming_a_huge_tensor_allocates_nothing(tmp_path):
     before = _peak_kb()
     message = (r"bomb\.ckpt: cannot read torch checkpoint \(tensor on storage record data/0: size \(16000, 16000\) "
                r"has 256000000 elements, more than its storage holds \(1\)")
-    with pytest.raises(UserError, match=message) as err:
+    with pytest.raises(CheckpointError, match=message) as err:
         read_torch_checkpoint(tmp_path / "bomb.ckpt")
     assert "\n" not in str(err.value)
     from mindone.convert.sources import read_source
 
-    with pytest.raises(UserError, match=message):  # with torch installed: torch.load's view is checked too
+    with pytest.raises(CheckpointError, match=message):  # with torch installed: torch.load's view is checked too
         read_source(tmp_path / "bomb.ckpt")
     assert _peak_kb() - before < 100_000  # kB
 
@@ -262,11 +262,11 @@ def test_zip_bomb_storage_is_refused_before_inflating(tmp_path, monkeypatch):
     before = _peak_kb()
     message = (r"zbomb\.ckpt: compressed zip record archive/data/0 would inflate the records to 67108864 bytes, "
                r"above the limit of 8388608 .*set MINDONE_MAX_INFLATED_BYTES")
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(CheckpointError, match=message):
         read_torch_checkpoint(tmp_path / "zbomb.ckpt")
     from mindone.convert.sources import read_source
 
-    with pytest.raises(UserError, match=message):  # torch would inflate it too: checked before torch.load
+    with pytest.raises(CheckpointError, match=message):  # torch would inflate it too: checked before torch.load
         read_source(tmp_path / "zbomb.ckpt")
     assert _peak_kb() - before < 30_000  # kB: the 64 MB were never inflated
     monkeypatch.setenv("MINDONE_MAX_INFLATED_BYTES", str(100 << 20))  # the limit is the user's to raise
@@ -303,7 +303,7 @@ def _safetensors_bytes(header: dict, data: bytes) -> bytes:
 ])
 def test_safetensors_headers_that_do_not_fit_the_file_are_refused(tmp_path, header, data_len, problem):
     (tmp_path / "bad.safetensors").write_bytes(_safetensors_bytes(header, bytes(data_len)))
-    with pytest.raises(UserError, match=rf"bad\.safetensors: not a readable safetensors file \(tensor w: .*{problem}"):
+    with pytest.raises(CheckpointError, match=rf"bad\.safetensors: not a readable safetensors file \(tensor w: .*{problem}"):
         read_safetensors(tmp_path / "bad.safetensors")
 
 
@@ -311,7 +311,7 @@ def test_safetensors_header_length_beyond_the_file_is_refused(tmp_path):
     import struct
 
     (tmp_path / "cut.safetensors").write_bytes(struct.pack("<Q", 1 << 20) + b'{"w": {}}')
-    with pytest.raises(UserError, match=r"cut\.safetensors: .*header length 1048576 exceeds the file \(17 bytes\)"):
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors: .*header length 1048576 exceeds the file \(17 bytes\)"):
         read_safetensors(tmp_path / "cut.safetensors")
 
 
@@ -327,6 +327,6 @@ def test_a_stored_record_claiming_more_than_the_file_holds_is_refused(tmp_path):
             header = data.find(signature, header + 4)
         data[header + sizes_at: header + sizes_at + 8] = struct.pack("<II", 0x7FFFFFFF, 0x7FFFFFFF)
     (tmp_path / "long.ckpt").write_bytes(bytes(data))
-    with pytest.raises(UserError, match=r"long\.ckpt: zip record archive/data/0 declares 2147483647 bytes, more than "
-                                        r"the file holds"):
+    with pytest.raises(CheckpointError, match=r"long\.ckpt: zip record archive/data/0 declares 2147483647 bytes, more than "
+                                                    r"the file holds"):
         read_torch_checkpoint(tmp_path / "long.ckpt")

@@ -143,7 +143,7 @@ def test_cli_writes_stats_and_leaves_out_bad_shards(tmp_path):
 def test_part_that_lost_its_good_shards_gets_a_csv_listing_none(tmp_path):
     """The csv reflects the current scan: a part with no good shard left must not keep its old list."""
     from mindone.data.annotations import read_shard_list, resolve_annotation_files
-    from mindone.utils.cli import UserError
+    from mindone.errors import DataError
 
     shards = [write_shard(tmp_path / "part_1", i, good(4)) for i in range(2)]
     write_shard(tmp_path / "part_2", 0, good(3))
@@ -158,7 +158,7 @@ def test_part_that_lost_its_good_shards_gets_a_csv_listing_none(tmp_path):
     # the loader skips the empty part, and stops with one line when it is all there is
     listed = read_shard_list(resolve_annotation_files(tmp_path, "webdataset"))
     assert listed.urls == [str((tmp_path / "part_2" / "00000.tar").resolve())] and listed.num_samples == 3
-    with pytest.raises(UserError, match="no shard with samples"):
+    with pytest.raises(DataError, match="no shard with samples"):
         read_shard_list(resolve_annotation_files(tmp_path, "webdataset", parts=[1]))
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -13,7 +13,7 @@ import pytest
 
 from mindone.data.annotations import read_files_annotations, read_shard_list, resolve_annotation_files
 from mindone.data.tar_stream import RawSample, read_samples
-from mindone.utils.cli import UserError
+from mindone.errors import DataError
 from tests.helpers.synthetic_data import make_clean_dataset, write_dataset, regular_member
 
 
@@ -148,15 +148,15 @@ def test_annotation_resolution_and_errors(tmp_path):
     assert len(read_files_annotations(listed)) == 6
     template = read_shard_list(stats[:1], shard_root="pipe:aws s3 cp s3://b/laion/{} -")
     assert template.urls == ["pipe:aws s3 cp s3://b/laion/part_1/00000.tar -"]
-    with pytest.raises(UserError, match="no part_<N>.csv files for parts"):
+    with pytest.raises(DataError, match="no part_<N>.csv files for parts"):
         resolve_annotation_files(tmp_path, "files", parts=[7])
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(DataError, match="no such file"):
         resolve_annotation_files(tmp_path / "absent", "files")
     (tmp_path / "bad_stats.csv").write_text("path,count\nx.tar,3\n")
-    with pytest.raises(UserError, match="missing column"):
+    with pytest.raises(DataError, match="missing column"):
         read_shard_list([tmp_path / "bad_stats.csv"])
     (tmp_path / "bad2.csv").write_text("file_path,num_samples\nx.tar,lots\n")
-    with pytest.raises(UserError, match=r"bad2.csv:2: num_samples 'lots'"):
+    with pytest.raises(DataError, match=r"bad2.csv:2: num_samples 'lots'"):
         read_shard_list([tmp_path / "bad2.csv"])
 
 

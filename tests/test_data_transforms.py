@@ -14,7 +14,7 @@ from mindone.data.filters import SampleFilters
 from mindone.data.processing import SampleProcessor
 from mindone.data.tar_stream import RawSample
 from mindone.data.transforms import hwc_to_chw, resize_crop, to_model_input
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 from tests.helpers.synthetic_data import fake_tokenizer, image_bytes
 
 
@@ -93,7 +93,7 @@ def test_filters_thresholds_and_unjudged_counts():
     assert f.check({k: v for k, v in good.items() if k != "similarity"}, counts) is None
     assert counts == {"unjudged_min_similarity": 1}
     assert not SampleFilters.from_config(None).active
-    with pytest.raises(UserError, match="unknown key"):
+    with pytest.raises(ConfigError, match="unknown key"):
         SampleFilters.from_config({"min_aesthetics": 5})
 
 

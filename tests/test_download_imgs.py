@@ -220,8 +220,9 @@ def test_killed_run_resumes_and_never_counts_a_broken_shard(tmp_path, servers):
 
 # ---- settings, pass-through and errors (no download) ----
 
+from mindone.errors import ConfigError  # noqa: E402
 from mindone.laion import img2dataset_launch as launch  # noqa: E402
-from mindone.utils.cli import UserError  # noqa: E402
+from mindone.utils.cli import ONE_LINE_ERRORS  # noqa: E402
 
 
 @pytest.fixture()
@@ -305,7 +306,7 @@ def test_bad_settings_raise_user_errors(three_parts, args, message, monkeypatch)
     laion_download_imgs = load_tool("laion_download_imgs")
 
     monkeypatch.setattr(laion_download_imgs, "setup_cli_logging", lambda: None)
-    with pytest.raises(UserError, match=message.replace("[", r"\[")):
+    with pytest.raises(ONE_LINE_ERRORS, match=message.replace("[", r"\[")):
         common = ["--metadata_dir", str(three_parts), "--output_dir", str(three_parts / "o"), "--dry_run"]
         laion_download_imgs.main(common + args)
 
@@ -322,7 +323,7 @@ def test_part_id_forms():
     assert launch.parse_part_ids(["1-3"]) == [1, 2, 3]
     assert launch.parse_part_ids(["1", "2", "3"]) == [1, 2, 3]
     assert launch.parse_part_ids(["5,7", "6-6"]) == [5, 7, 6]
-    with pytest.raises(UserError):
+    with pytest.raises(ConfigError):
         launch.parse_part_ids(["3-1"])
 
 
@@ -363,9 +364,9 @@ def test_resume_refuses_a_different_shard_layout(tmp_path):
     part = tmp_path / "part_1"
     launch.check_resume_settings(part, kwargs, 25000)
     launch.check_resume_settings(part, dict(kwargs), 25000)  # same layout: fine
-    with pytest.raises(UserError, match="number_sample_per_shard=10000, now 5000"):
+    with pytest.raises(ConfigError, match="number_sample_per_shard=10000, now 5000"):
         launch.check_resume_settings(part, {**kwargs, "number_sample_per_shard": 5000}, 25000)
-    with pytest.raises(UserError, match="input_rows=25000, now 26000"):
+    with pytest.raises(ConfigError, match="input_rows=25000, now 26000"):
         launch.check_resume_settings(part, kwargs, 26000)
     assert not list(part.glob("*.json"))  # img2dataset would take any *.json for a finished shard
 

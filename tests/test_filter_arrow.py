@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from mindone.errors import DataError
 from mindone.laion.synthetic_metadata import write_synthetic_metadata
+from mindone.utils.cli import ONE_LINE_ERRORS
 from tests.helpers.metadata import FILTER_CLI, canonical, make_inputs, read_dir, reference_filter, run_cli
 from tests.helpers.tools import load_tool
 
@@ -166,7 +168,7 @@ def test_existing_output_refused_and_overwrite(inputs, tmp_path):
     run("--data_dir", str(data), "--output_dir", str(out), "--overwrite")
     assert not (out / "keep.txt").exists() and (out / "part_1.parquet").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging dir left behind
-    with pytest.raises(cli.UserError, match="overlaps the input"):
+    with pytest.raises(ONE_LINE_ERRORS, match="overlaps the input"):
         cli.main(["--data_dir", str(data), "--output_dir", str(data / "sub"), "--no_progress"])
 
 
@@ -430,7 +432,7 @@ def test_full_scratch_disk_is_one_line_and_publishes_nothing(inputs, tmp_path, m
     proc_err = None
     try:
         run("--data_dir", str(inputs["improved_aesthetics_4.5plus"]), "--output_dir", str(out))
-    except cli.UserError as err:
+    except ONE_LINE_ERRORS as err:
         proc_err = str(err)
     assert proc_err and "no space left" in proc_err and "--tmp_dir" in proc_err and "\n" not in proc_err
     assert not out.exists() and not list(tmp_path.glob(".out.*")), "partial output left behind"
@@ -448,9 +450,9 @@ def test_spilled_rows_must_match_the_second_read(tmp_path):
     cursor = RowCursor(path, Path("in.parquet"))
     assert cursor.take(2).column("WIDTH").to_pylist() == [1.0, 2.0]
     assert cursor.take(3).column("WIDTH").to_pylist() == [3.0, 1.0, 2.0]  # across spilled batches
-    with pytest.raises(cli.UserError, match="in.parquet: more rows pass"):
+    with pytest.raises(DataError, match="in.parquet: more rows pass"):
         cursor.finish()
     cursor = RowCursor(path, Path("in.parquet"))
-    with pytest.raises(cli.UserError, match="in.parquet: fewer rows pass"):
+    with pytest.raises(DataError, match="in.parquet: fewer rows pass"):
         cursor.take(7)
     cursor.finish()  # exactly used up: no error

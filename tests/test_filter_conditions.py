@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from mindone.errors import ConfigError, DataError
 from mindone.laion.conditions import Condition, build_conditions
 from mindone.laion.filter_common import part_sizes
 from mindone.laion.schema import resolve_column, resolve_columns
 from mindone.laion.subsets import SUBSETS, get_subset, parse_parts
 from mindone.laion.synthetic_metadata import VARIANTS, generate_table
-from mindone.utils.cli import UserError
 
 
 @pytest.mark.parametrize("typ", [pa.float64(), pa.float32(), pa.int64(), pa.int32()])
@@ -51,7 +51,7 @@ def test_build_conditions_defaults_are_seed_001_and_none_turns_off():
                               "min_caption_length": 5})
     assert [c.name for c in conds] == ["width>=512", "height>=512", "punsafe<=0.98", "pwatermark<=0.8",
                                        "language in en,de", "len(text)>=5"]
-    with pytest.raises(UserError, match="--min_width"):
+    with pytest.raises(ConfigError, match="--min_width"):
         build_conditions({"min_width": "big"})
 
 
@@ -64,14 +64,14 @@ def test_columns_resolve_in_every_variant(variant):
     aes = resolve_column(schema, "aesthetic")
     assert aes == {"improved_aesthetics_4.5plus": "AESTHETIC_SCORE", "laion-art": "aesthetic"}.get(variant)
     if aes is None:
-        with pytest.raises(UserError, match=r"f\.parquet: no column AESTHETIC_SCORE/aesthetic"):
+        with pytest.raises(DataError, match=r"f\.parquet: no column AESTHETIC_SCORE/aesthetic"):
             resolve_columns(schema, ["aesthetic"], "f.parquet", skip_missing=False)
         assert resolve_columns(schema, ["aesthetic"], "f.parquet", skip_missing=True) == {"aesthetic": None}
 
 
 def test_wrong_column_type_names_file_and_column():
     schema = pa.schema([("WIDTH", pa.string())])
-    with pytest.raises(UserError, match=r"bad\.parquet: column 'WIDTH' has type string, expected a number"):
+    with pytest.raises(DataError, match=r"bad\.parquet: column 'WIDTH' has type string, expected a number"):
         resolve_columns(schema, ["width"], "bad.parquet", skip_missing=False)
 
 
@@ -98,7 +98,7 @@ def test_subset_file_names_and_parts():
     assert parse_parts("1-3,12,2", 64) == [1, 2, 3, 12]
     assert parse_parts("all", 3) == [1, 2, 3]
     for bad in ("0", "65", "3-1", "x"):
-        with pytest.raises(UserError, match="--parts"):
+        with pytest.raises(ConfigError, match="--parts"):
             parse_parts(bad, 64)
 
 

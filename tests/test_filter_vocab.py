@@ -13,6 +13,7 @@ import yaml
 from mindone.data.filter_vocab import (COLUMN_ALIASES, FILTERS, METADATA_FILTERS, SAMPLE_FILTERS, SIZE,
                                        canonical_names, json_keys, lookup)
 from mindone.data.filters import SampleFilters
+from mindone.errors import ConfigError
 from mindone.laion.conditions import build_conditions
 from mindone.laion.filter_common import FilterPlan
 from mindone.laion.sample_filters import filters_from_args
@@ -133,7 +134,7 @@ def test_old_names_in_yaml_configs(tmp_path):
     with pytest.raises(UserError, match="are one option"):  # the option registry's words, as for the trainer
         cli.parse_options(["--config", str(meta), "--data_dir", "d", "--output_dir", "o"])
     # loader filters dict
-    with pytest.raises(UserError, match="one setting"):
+    with pytest.raises(ConfigError, match="one setting"):
         SampleFilters.from_config({"max_watermark": 0.8, "max_pwatermark": 0.7})
 
 

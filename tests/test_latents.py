@@ -20,7 +20,7 @@ import pytest
 
 from mindone.data.latents import MOMENTS_EXT, LatentInfo, read_moments
 from mindone.data.loader import build_sample_stream
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 from tests.helpers.synthetic_data import fake_tokenizer, make_clean_dataset, make_dirty_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,9 +116,9 @@ def test_the_loader_reads_latents_like_images(tmp_path):
             "webdataset", tmp_path / "img", fake_tokenizer, rank=r, world_size=2, uneven=policy,
             **{k: v for k, v in uneven.items() if k != "latent_shape"})] for r in range(2)]
         assert got == want
-    with pytest.raises(UserError, match="random_flip"):
+    with pytest.raises(ConfigError, match="random_flip"):
         build_sample_stream("latents", out, fake_tokenizer, rank=0, world_size=1, random_flip=True, **kw)
-    with pytest.raises(UserError, match="re-encode"):
+    with pytest.raises(ConfigError, match="re-encode"):
         LatentInfo.read(out).check(resolution=64, latent_shape=(4, 16, 16))
 
 

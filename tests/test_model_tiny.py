@@ -8,9 +8,9 @@ import pytest
 ms = pytest.importorskip("mindspore")
 from mindspore import Tensor  # noqa: E402
 
+from mindone.errors import ConfigError  # noqa: E402
 from mindone.models.attention import attention  # noqa: E402
 from mindone.models.config import build_model, load_model_config  # noqa: E402
-from mindone.utils.cli import UserError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -83,19 +83,19 @@ def test_attention_scores_in_fp32_do_not_overflow_in_fp16():
 
 
 def test_config_errors_are_one_line_user_errors(tmp_path):
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(ConfigError, match="no such file"):
         load_model_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text((load_model_config.__globals__["CONFIG_DIR"] / "tiny.yaml").read_text()
                    .replace("num_res_blocks: 2", "num_res_block: 2"))
-    with pytest.raises(UserError, match=r"model\.unet.*num_res_block"):
+    with pytest.raises(ConfigError, match=r"model\.unet.*num_res_block"):
         load_model_config(bad)
 
 
 def test_flash_attention_flag_is_refused_off_ascend():
     cfg = load_model_config("tiny")
     cfg["model"]["unet"]["use_flash_attention"] = True
-    with pytest.raises(UserError, match="use_flash_attention needs device_target Ascend"):
+    with pytest.raises(ConfigError, match="use_flash_attention needs device_target Ascend"):
         build_model(cfg)
 
 

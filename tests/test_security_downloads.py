@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mindone.utils.cli import UserError
+from mindone.utils.cli import ONE_LINE_ERRORS, UserError
 from tests.helpers.tools import load_tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -244,7 +244,7 @@ def test_server_answers_never_choose_the_file_name(tmp_path):
 def test_file_pattern_that_holds_a_path_is_one_line(tmp_path, pattern):
     laion_download_metadata = load_tool("laion_download_metadata")
 
-    with pytest.raises(UserError, match="not a plain file name") as err:
+    with pytest.raises(ONE_LINE_ERRORS, match="not a plain file name") as err:
         laion_download_metadata.main(["--subset", "laion-art", "--output_dir", str(tmp_path / "out"), "--file_pattern", pattern,
                                       "--base_url", "http://127.0.0.1:9", "--dry_run"])  # fmt: skip
     assert "--file_pattern: part 1 gives" in str(err.value) and files_under(tmp_path) == []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mindone.utils.cli import UserError
+from mindone.utils.cli import ONE_LINE_ERRORS
 from tests.helpers.tars import webdataset_shard
 from tests.helpers.tools import load_tool
 
@@ -78,7 +78,7 @@ def test_caption_table_that_leads_out_is_one_line(tmp_path):
     images, private = make_image_folder(tmp_path)
     (private / "metadata.jsonl").write_text(json.dumps({"file_name": "a.jpg", "text": "x"}) + "\n")
     (images / "metadata.jsonl").symlink_to(private / "metadata.jsonl")
-    with pytest.raises(UserError, match=r"metadata.jsonl is a symlink leading out of --image_dir"):
+    with pytest.raises(ONE_LINE_ERRORS, match=r"metadata.jsonl is a symlink leading out of --image_dir"):
         make_dataset_from_images.main(["--image_dir", str(images), "--output_dir", str(tmp_path / "out")])
 
 

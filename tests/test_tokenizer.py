@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from mindone.errors import ConfigError, DataError
 from mindone.models.tokenizer import SDTokenizer, find_bpe_vocab
-from mindone.utils.cli import UserError
 
 
 def messy_captions(n: int = 400, seed: int = 0) -> list[str]:
@@ -88,13 +88,13 @@ def test_vocab_lookup_explicit_path_and_errors(tmp_path, monkeypatch):
     copy = tmp_path / "vocab.txt.gz"
     copy.write_bytes(shipped.read_bytes())
     assert np.array_equal(SDTokenizer(copy)(["hello world"]), SDTokenizer()(["hello world"]))
-    with pytest.raises(UserError, match="nope.gz: no such file"):
+    with pytest.raises(DataError, match="nope.gz: no such file"):
         SDTokenizer(tmp_path / "nope.gz")
     (tmp_path / "plain.gz").write_bytes(b"not gzip")
-    with pytest.raises(UserError, match="plain.gz: not a gzipped merges file"):
+    with pytest.raises(DataError, match="plain.gz: not a gzipped merges file"):
         SDTokenizer(tmp_path / "plain.gz")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match="pip install --no-deps open_clip_torch"):
+    with pytest.raises(ConfigError, match="pip install --no-deps open_clip_torch"):
         find_bpe_vocab()
 
 

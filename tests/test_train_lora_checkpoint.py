@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from mindspore import Parameter, Tensor
 
+from mindone.errors import CheckpointError
 from mindone.train.checkpoint import CheckpointManager, load_parameters, save_parameters
 from mindone.train.lora import apply_lora, inject_lora, lora_parameters, mark_only_lora_trainable, save_lora
 from mindone.train.metrics import MetricsLogger, read_metrics
-from mindone.utils.cli import UserError
 from tests.helpers.training import MICRO_MODEL
 
 
@@ -84,7 +84,7 @@ def test_lora_inject_train_save_reload_and_merge(pynative, inputs, tmp_path):
 def test_apply_lora_rejects_a_non_lora_file(pynative, tmp_path):
     p = Parameter(Tensor(np.zeros(2, np.float32)), name="w")
     path = save_parameters([("w", p)], tmp_path / "plain.ckpt")
-    with pytest.raises(UserError, match="not a LoRA file"):
+    with pytest.raises(CheckpointError, match="not a LoRA file"):
         apply_lora(micro_model(), path)
 
 
@@ -107,9 +107,9 @@ def test_checkpoints_keep_last_k_and_resume_the_latest(tmp_path):
     meta = mgr.load(mgr.resolve(str(tmp_path / "checkpoints" / "checkpoint-20")), restored)
     assert meta["global_step"] == 20 and meta["batches_seen"] == 40
     assert all(np.array_equal(p.asnumpy(), np.full((2, 3), 20.0)) for _, p in restored)
-    with pytest.raises(UserError, match="missing 1 parameter"):
+    with pytest.raises(CheckpointError, match="missing 1 parameter"):
         mgr.load(mgr.latest(), _params([0.0, 0.0, 0.0]))
-    with pytest.raises(UserError, match="not a complete checkpoint"):
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         mgr.resolve(str(tmp_path / "checkpoints"))
 
 
@@ -139,7 +139,7 @@ def test_a_failed_save_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
 def test_load_checks_shapes(tmp_path):
     path = save_parameters(_params([1.0]), tmp_path / "a.ckpt")
     wrong = [("p0", Parameter(Tensor(np.zeros((3, 2), np.float32)), name="p0"))]
-    with pytest.raises(UserError, match="shape"):
+    with pytest.raises(CheckpointError, match="shape"):
         load_parameters(wrong, path)
 
 

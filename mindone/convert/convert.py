@@ -14,7 +14,7 @@ from mindone.convert.mapped_pages import release_pages
 from mindone.convert.mindspore_ckpt import write_mindspore_checkpoint
 from mindone.convert.safetensors_io import write_safetensors
 from mindone.convert.sources import read_source
-from mindone.utils.cli import UserError
+from mindone.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +53,15 @@ def _raise_missing(missing: list[str], available: int, source: str | Path) -> No
     if missing:
         _log_all_names("missing tensors", missing, source)
         hint = " (a different architecture? check the model config)" if len(missing) * 4 > available else ""
-        raise UserError(f"{source}: {len(missing)} tensors missing{hint}: {summarize_names(missing)} "
-                        f"({_full_list_hint()})")
+        raise CheckpointError(f"{source}: {len(missing)} tensors missing{hint}: {summarize_names(missing)} "
+                              f"({_full_list_hint()})")
 
 
 def to_ldm(tensors: Mapping[str, np.ndarray], layout: str, expected: Mapping[str, tuple[int, ...]],
            model_cfg: Mapping[str, Any], source: str | Path) -> tuple[dict[str, np.ndarray], list[str]]:
     """Tensors named and shaped as ``expected`` (the model's ldm layout), plus the unused source names.
 
-    Raises UserError listing the missing tensors, or the tensors whose shape does not match.
+    Raises CheckpointError listing the missing tensors, or the tensors whose shape does not match.
     """
     if layout == "diffusers":
         tensors = normalize_text_encoder_names(normalize_legacy_vae_names(dict(tensors)))
@@ -77,8 +77,8 @@ def to_ldm(tensors: Mapping[str, np.ndarray], layout: str, expected: Mapping[str
         used = set(expected)
     wrong = [f"{n} {tuple(ldm[n].shape)} != {tuple(s)}" for n, s in expected.items() if tuple(ldm[n].shape) != tuple(s)]
     if wrong:
-        raise UserError(f"{source}: {len(wrong)} tensors have the wrong shape (does the model config match?): "
-                        + "; ".join(wrong[:5]))
+        raise CheckpointError(f"{source}: {len(wrong)} tensors have the wrong shape (does the model config match?): "
+                              + "; ".join(wrong[:5]))
     return ldm, sorted(set(tensors) - used)
 
 
@@ -95,7 +95,7 @@ def substitute_ema(tensors: Mapping[str, np.ndarray], expected: Mapping[str, tup
                    ) -> tuple[dict[str, np.ndarray], int]:
     """Tensors with every expected weight that has an EMA copy replaced by it (EMA keys consumed).
 
-    Raises UserError when the source holds no EMA weights at all.
+    Raises CheckpointError when the source holds no EMA weights at all.
     """
     out = dict(tensors)
     replaced = 0
@@ -105,7 +105,7 @@ def substitute_ema(tensors: Mapping[str, np.ndarray], expected: Mapping[str, tup
             out[name] = out.pop(ema)
             replaced += 1
     if not replaced:
-        raise UserError(f"{source}: no EMA weights (ema.* or model_ema.*) to use; drop the EMA option")
+        raise CheckpointError(f"{source}: no EMA weights (ema.* or model_ema.*) to use; drop the EMA option")
     return out, replaced
 
 
@@ -141,7 +141,7 @@ def load_sd_weights(model, path: str | Path, use_ema: bool = False) -> dict[str,
 
     Arrays are cast to each parameter's dtype. ``use_ema`` loads the EMA copies (``ema.<name>`` from
     mindone training, ``model_ema.*`` from ldm) where present. Returns a report: ``source``, ``layout``,
-    ``loaded`` (tensor count), ``extra`` (source tensors not used, e.g. model_ema.*). Raises UserError
+    ``loaded`` (tensor count), ``extra`` (source tensors not used, e.g. model_ema.*). Raises CheckpointError
     listing missing tensors or shape mismatches; the model is left untouched in that case.
     """
     import mindspore as ms

@@ -26,8 +26,8 @@ import numpy as np
 
 from mindone.convert.mapped_pages import release_pages
 from mindone.convert.safetensors_io import bf16_to_f32
+from mindone.errors import CheckpointError
 from mindone.utils.atomic import atomic_path
-from mindone.utils.cli import UserError
 
 DTYPES = {"Float64": np.float64, "Float32": np.float32, "Float16": np.float16, "Int64": np.int64,
           "Int32": np.int32, "Int16": np.int16, "Int8": np.int8, "UInt64": np.uint64, "UInt32": np.uint32,
@@ -185,7 +185,7 @@ def read_mindspore_checkpoint(path: str | Path) -> dict[str, np.ndarray | str]:
     """Every parameter of a MindSpore ``.ckpt``: NumPy arrays viewing the memory-mapped file.
 
     String entries (``save_checkpoint``'s ``append_dict``) come back as ``str``; bfloat16 is widened
-    to float32 (exact). Raises UserError saying why the file cannot be read (not a checkpoint,
+    to float32 (exact). Raises CheckpointError saying why the file cannot be read (not a checkpoint,
     truncated, a size that does not match its shape, an encrypted file ...).
     """
     path = Path(path)
@@ -193,10 +193,10 @@ def read_mindspore_checkpoint(path: str | Path) -> dict[str, np.ndarray | str]:
         with open(path, "rb") as fh:
             size = fh.seek(0, 2)
             if size == 0:
-                raise UserError(f"{path}: empty file, not a MindSpore checkpoint")
+                raise CheckpointError(f"{path}: empty file, not a MindSpore checkpoint")
             buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from err
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from err
     end = size - 17 if size >= 17 and buf[size - 17:size - 10] == _CRC_TRAILER else size
     try:
         entries = _scan(buf, end)
@@ -205,7 +205,7 @@ def read_mindspore_checkpoint(path: str | Path) -> dict[str, np.ndarray | str]:
         raw = np.frombuffer(buf, dtype=np.uint8)
         return {name: _array(raw, ranges, dims, kind, name) for name, (dims, kind, ranges) in entries.items()}
     except CheckpointFormatError as err:
-        raise UserError(f"{path}: not a readable MindSpore checkpoint ({err})") from err
+        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({err})") from err
 
 
 def _encode_varint(value: int) -> bytes:

@@ -15,8 +15,8 @@ from typing import Mapping
 import numpy as np
 
 from mindone.convert.mapped_pages import release_pages
+from mindone.errors import CheckpointError
 from mindone.utils.atomic import atomic_path
-from mindone.utils.cli import UserError
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -79,9 +79,9 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         base = 8 + header_len
         spans = {name: _tensor_span(name, info, size - base) for name, info in header.items()}
     except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from err
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from err
     except (struct.error, ValueError) as err:
-        raise UserError(f"{path}: not a readable safetensors file ({err})") from err
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
     data = np.memmap(path, dtype=np.uint8, mode="r") if size > base else np.zeros(0, np.uint8)
     tensors = {}
     for name, (dtype, shape, begin, end) in spans.items():

@@ -22,7 +22,7 @@ import numpy as np
 from mindone.convert.mindspore_ckpt import read_mindspore_checkpoint
 from mindone.convert.safetensors_io import read_safetensors
 from mindone.convert.torch_pickle import InvalidTensor, check_archive, check_geometry, read_torch_checkpoint
-from mindone.utils.cli import UserError
+from mindone.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -85,18 +85,18 @@ def _tensor_dict(obj: Any, path: Path) -> dict[str, np.ndarray]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise UserError(f"{path}: checkpoint holds a {type(obj).__name__}, not a state dict")
+        raise CheckpointError(f"{path}: checkpoint holds a {type(obj).__name__}, not a state dict")
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, np.ndarray)}
     if not tensors:
-        raise UserError(f"{path}: no tensors found in the checkpoint")
+        raise CheckpointError(f"{path}: no tensors found in the checkpoint")
     return tensors
 
 
 def _read_mindspore(path: Path) -> dict[str, np.ndarray]:
     try:
         params = read_mindspore_checkpoint(path)
-    except UserError as err:
-        raise UserError(f"{err}; not a torch zip checkpoint either") from err
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; not a torch zip checkpoint either") from err
     return {name: value for name, value in params.items() if isinstance(value, np.ndarray)}
 
 
@@ -120,14 +120,14 @@ def _weight_file(folder: Path, name: Any, roots: tuple[Path, ...], named_in: Pat
     symlink leading out. ``named_in`` is the index file the name came from (for the error)."""
     where = f"{named_in}: weight_map entry {name!r:.200}" if named_in else f"{folder / str(name)}"
     if not isinstance(name, str) or not name or "\0" in name:
-        raise UserError(f"{where}: not a file name")
+        raise CheckpointError(f"{where}: not a file name")
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts or "\\" in name:
-        raise UserError(f"{where}: names a file outside the model folder (absolute path or '..'); refused")
+        raise CheckpointError(f"{where}: names a file outside the model folder (absolute path or '..'); refused")
     candidate = folder / relative
     if not _inside(candidate, roots):
-        raise UserError(f"{where}: resolves to {candidate.resolve()}, outside the model folder (a symlink "
-                        "pointing out?); refused")
+        raise CheckpointError(f"{where}: resolves to {candidate.resolve()}, outside the model folder (a symlink "
+                              "pointing out?); refused")
     return candidate
 
 
@@ -135,12 +135,12 @@ def _shard_names(index: Path) -> list[str]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{index}: not a readable weights index ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{index}: not a readable weights index ({type(err).__name__}: {err})") from err
     if not isinstance(weight_map, dict):
-        raise UserError(f"{index}: weight_map is a {type(weight_map).__name__}, not a mapping")
+        raise CheckpointError(f"{index}: weight_map is a {type(weight_map).__name__}, not a mapping")
     bad = next((key for key, value in weight_map.items() if not isinstance(value, str)), None)
     if bad is not None:
-        raise UserError(f"{index}: weight_map entry {bad!r:.100} does not name a file")
+        raise CheckpointError(f"{index}: weight_map entry {bad!r:.100} does not name a file")
     return sorted(set(weight_map.values()))
 
 
@@ -159,7 +159,8 @@ def _read_component(folder: Path, roots: tuple[Path, ...]) -> dict[str, np.ndarr
                     for shard in shards:
                         merged.update(reader(shard))
                     return merged
-    raise UserError(f"{folder}: no weights file (expected e.g. diffusion_pytorch_model.safetensors or model.safetensors)")
+    raise CheckpointError(f"{folder}: no weights file "
+                          "(expected e.g. diffusion_pytorch_model.safetensors or model.safetensors)")
 
 
 def read_source(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
@@ -168,19 +169,20 @@ def read_source(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
     if path.is_dir():
         present = [c for c in DIFFUSERS_COMPONENTS if (path / c).is_dir()]
         if not present:
-            raise UserError(f"{path}: a directory but not a diffusers model folder (no unet/, vae/ or text_encoder/)")
+            raise CheckpointError(f"{path}: a directory but not a diffusers model folder "
+                                  "(no unet/, vae/ or text_encoder/)")
         roots = _allowed_roots(path)
         tensors = {}
         for component in present:
             tensors.update({f"{component}/{k}": v for k, v in _read_component(path / component, roots).items()})
         return tensors, "diffusers"
     if not path.is_file():
-        raise UserError(f"{path}: no such file or directory")
+        raise CheckpointError(f"{path}: no such file or directory")
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
     except OSError as err:  # the reason (permissions, I/O error), not a guess about the format
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from err
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from err
     if path.suffix == ".safetensors":
         return read_safetensors(path), "ldm"
     if head.startswith(b"PK") and zipfile.is_zipfile(path):

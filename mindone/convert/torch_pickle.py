@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mindone.convert.safetensors_io import bf16_to_f32
-from mindone.utils.cli import UserError
+from mindone.errors import CheckpointError, ConfigError
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
@@ -154,7 +154,7 @@ def max_inflated_bytes() -> int:
     try:
         return int(float(value)) if value.strip() else DEFAULT_MAX_INFLATED_BYTES
     except ValueError as err:
-        raise UserError(f"{INFLATE_LIMIT_ENV}={value!r}: not a number of bytes") from err
+        raise ConfigError(f"{INFLATE_LIMIT_ENV}={value!r}: not a number of bytes") from err
 
 
 def check_archive(archive: zipfile.ZipFile, path: Path, limit: int | None = None) -> None:
@@ -163,7 +163,7 @@ def check_archive(archive: zipfile.ZipFile, path: Path, limit: int | None = None
     ``torch.save`` stores records uncompressed, so each lies inside the file and its size is real.
     A compressed record's size is only a claim until it is inflated (a few KB can inflate to many
     GB): the compressed records together may declare at most ``limit`` bytes (default
-    :func:`max_inflated_bytes`). Raises UserError naming the record.
+    :func:`max_inflated_bytes`). Raises CheckpointError naming the record.
     """
     limit = max_inflated_bytes() if limit is None else limit
     file_size = path.stat().st_size
@@ -171,14 +171,14 @@ def check_archive(archive: zipfile.ZipFile, path: Path, limit: int | None = None
     for info in archive.infolist():
         if info.compress_type == zipfile.ZIP_STORED:
             if info.file_size != info.compress_size or info.header_offset + info.compress_size > file_size:
-                raise UserError(f"{path}: zip record {info.filename} declares {info.file_size} bytes, more than the "
-                                f"file holds; the file is corrupt or crafted")
+                raise CheckpointError(f"{path}: zip record {info.filename} declares {info.file_size} bytes, "
+                                      f"more than the file holds; the file is corrupt or crafted")
             continue
         inflated += info.file_size
         if inflated > limit:
-            raise UserError(f"{path}: compressed zip record {info.filename} would inflate the records to "
-                            f"{inflated} bytes, above the limit of {limit} (torch never compresses checkpoints; "
-                            f"set {INFLATE_LIMIT_ENV} to allow more)")
+            raise CheckpointError(f"{path}: compressed zip record {info.filename} would inflate the records to "
+                                  f"{inflated} bytes, above the limit of {limit} (torch never compresses checkpoints; "
+                                  f"set {INFLATE_LIMIT_ENV} to allow more)")
 
 
 def _record_array(archive: zipfile.ZipFile, path: Path, name: str, dtype: np.dtype) -> np.ndarray:
@@ -242,19 +242,19 @@ def read_torch_checkpoint(path: str | Path, max_inflated: int | None = None) -> 
     """
     path = Path(path)
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{path}: not a PyTorch zip checkpoint (files saved by torch < 1.6 are not supported; "
-                        "re-save with a recent torch or convert to safetensors)")
+        raise CheckpointError(f"{path}: not a PyTorch zip checkpoint (files saved by torch < 1.6 are not supported; "
+                              "re-save with a recent torch or convert to safetensors)")
     with zipfile.ZipFile(path) as archive:
         check_archive(archive, path, max_inflated)
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pickles) != 1:
-            raise UserError(f"{path}: zip file without a single data.pkl record (not a torch checkpoint)")
+            raise CheckpointError(f"{path}: zip file without a single data.pkl record (not a torch checkpoint)")
         root = pickles[0][: -len("/data.pkl")]
         byteorder = f"{root}/byteorder"
         if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-            raise UserError(f"{path}: big-endian torch checkpoints are not supported")
+            raise CheckpointError(f"{path}: big-endian torch checkpoints are not supported")
         with archive.open(pickles[0]) as fh:
             try:
                 return RestrictedUnpickler(fh, archive, root, path).load()
             except (pickle.UnpicklingError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
-                raise UserError(f"{path}: cannot read torch checkpoint ({err})") from err
+                raise CheckpointError(f"{path}: cannot read torch checkpoint ({err})") from err

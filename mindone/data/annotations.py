@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mindone.data.locations import OUTSIDE_FLAG, Root, UnsafeLocation, is_under
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError, DataError
 
 _FILES_CSV = re.compile(r"^part_(\d+)\.csv$")
 _STATS_CSV = re.compile(r"^part_(\d+)_stats\.csv$")
@@ -42,7 +42,7 @@ def resolve_annotation_files(
 ) -> list[Path]:
     """The annotation csv files selected by ``data_path`` (and ``parts``), in part order."""
     if dataset_type not in ("files", "webdataset", "latents"):
-        raise UserError(f"dataset_type: expected 'files', 'webdataset' or 'latents', got {dataset_type!r}")
+        raise ValueError(f"dataset_type: expected 'files', 'webdataset' or 'latents', got {dataset_type!r}")
     pattern = _FILES_CSV if dataset_type == "files" else _STATS_CSV
     kind = "part_<N>.csv" if dataset_type == "files" else "part_<N>_stats.csv"
     if isinstance(data_path, (str, os.PathLike)):
@@ -50,7 +50,7 @@ def resolve_annotation_files(
     else:
         entries = [str(e) for e in data_path]
     if not entries:
-        raise UserError("data_path: empty")
+        raise ConfigError("data_path: empty")
     wanted = None if parts is None else {int(p) for p in parts}
     found: list[Path] = []
     for entry in entries:
@@ -61,12 +61,12 @@ def resolve_annotation_files(
                 csvs = [p for p in csvs if _part_sort_key(p, pattern)[0] in wanted]
             if not csvs:
                 which = f" for parts {sorted(wanted)}" if wanted is not None else ""
-                raise UserError(f"data_path {path}: no {kind} files{which} (run the annotation tool first)")
+                raise DataError(f"data_path {path}: no {kind} files{which} (run the annotation tool first)")
             found.extend(csvs)
         elif path.is_file():
             found.append(path)
         else:
-            raise UserError(f"data_path {path}: no such file or folder")
+            raise DataError(f"data_path {path}: no such file or folder")
     return found
 
 
@@ -136,12 +136,12 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise UserError(f"{path}: cannot read csv ({err})") from None
+        raise DataError(f"{path}: cannot read csv ({err})") from None
     if not isinstance(frame.index, pd.RangeIndex):  # pandas turns surplus leading fields into an index
-        raise UserError(f"{path}: rows have more fields than the header (unquoted commas in a caption?)")
+        raise DataError(f"{path}: rows have more fields than the header (unquoted commas in a caption?)")
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(frame.columns)})")
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(frame.columns)})")
     return frame
 
 
@@ -160,7 +160,7 @@ def read_files_annotations(csv_files: Sequence[Path], *, allow_outside_root: boo
         roots.append(root.text)
         del frame
     if sum(len(p) for p in paths) == 0:
-        raise UserError(f"{', '.join(map(str, csv_files))}: no rows")
+        raise DataError(f"{', '.join(map(str, csv_files))}: no rows")
     row_starts = np.cumsum([0] + [len(p) for p in paths[:-1]]).astype(np.int64)
     return FilesAnnotations(PackedStrings.concat(paths), PackedStrings.concat(captions), roots, row_starts,
                             allow_outside_root)
@@ -185,9 +185,9 @@ def read_shard_list(
             try:
                 n = int(float(count))
             except ValueError:
-                raise UserError(f"{csv}:{row}: num_samples {count!r} is not a number") from None
+                raise DataError(f"{csv}:{row}: num_samples {count!r} is not a number") from None
             if n < 0:
-                raise UserError(f"{csv}:{row}: num_samples {n} is negative")
+                raise DataError(f"{csv}:{row}: num_samples {n} is negative")
             if n > 0:
                 where = f"{csv}:{row} file_path"
                 url = root.resolve(file_path, where=where, allow_outside_root=allow_outside_root)
@@ -198,5 +198,5 @@ def read_shard_list(
                 urls.append(url)
                 sizes.append(n)
     if not urls:
-        raise UserError(f"{', '.join(map(str, csv_files))}: no shard with samples")
+        raise DataError(f"{', '.join(map(str, csv_files))}: no shard with samples")
     return ShardList(urls, np.asarray(sizes, dtype=np.int64))

@@ -23,7 +23,7 @@ from dataclasses import field, fields, make_dataclass
 from typing import Any, Mapping
 
 from mindone.data.filter_vocab import SAMPLE_FILTERS, SIZE, canonical_names, json_keys
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 
 
 def _number(meta: Mapping[str, Any], names: tuple[str, ...]) -> float | None:
@@ -58,15 +58,15 @@ class _SampleFiltersBase:
         try:
             config = canonical_names(dict(config or {}))
         except ValueError as err:
-            raise UserError(f"filters: {err}") from None
+            raise ConfigError(f"filters: {err}") from None
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - allowed)
         if unknown:
-            raise UserError(f"filters: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+            raise ConfigError(f"filters: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
         try:
             return cls(**{k: None if v is None else float(v) for k, v in config.items()})
         except (TypeError, ValueError) as err:
-            raise UserError(f"filters: thresholds must be numbers ({err})") from None
+            raise ConfigError(f"filters: thresholds must be numbers ({err})") from None
 
     @property
     def active(self) -> bool:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError, DataError
 
 MOMENTS_EXT = "moments.npy"
 TEXT_EXT = "text.npy"
@@ -89,16 +89,16 @@ class LatentInfo:
             return cls(**{k: data[k] if f.default is MISSING else data.get(k, f.default)
                           for k, f in cls.__dataclass_fields__.items()})
         except FileNotFoundError:
-            raise UserError(f"{path}: missing (not a latent dataset? write one with encode_latents.py)") from None
+            raise DataError(f"{path}: missing (not a latent dataset? write one with encode_latents.py)") from None
         except (ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{path}: not a latents.json of this version ({err})") from None
+            raise DataError(f"{path}: not a latents.json of this version ({err})") from None
 
     def check(self, *, resolution: int, latent_shape: tuple[int, int, int]) -> None:
         """Refuse training at another resolution or latent shape than the one encoded."""
         if (self.channels, self.height, self.width) != tuple(latent_shape) or self.resolution != resolution:
-            raise UserError(f"latents were encoded at {self.resolution} px as {self.channels}x{self.height}x"
-                            f"{self.width}; training asks {resolution} px ({'x'.join(map(str, latent_shape))}):"
-                            " re-encode with --resolution or train at the encoded one")
+            raise ConfigError(f"latents were encoded at {self.resolution} px as {self.channels}x{self.height}x"
+                              f"{self.width}; training asks {resolution} px ({'x'.join(map(str, latent_shape))}):"
+                              " re-encode with --resolution or train at the encoded one")
 
 
 def array_bytes(array: np.ndarray, dtype: str) -> bytes:
@@ -144,9 +144,9 @@ def cached_empty_text(data_path) -> np.ndarray:
     """The empty caption's cached embedding of the latent dataset ``data_path`` names."""
     info = LatentInfo.of_data_path(data_path)
     if not info.text_width:
-        raise UserError(f"{data_path}: its latents hold no text embeddings (encode with --cache_text)")
+        raise DataError(f"{data_path}: its latents hold no text embeddings (encode with --cache_text)")
     path = LatentInfo.root_of(data_path) / EMPTY_TEXT_FILE
     try:
         return read_array(path.read_bytes(), ndim=2)
     except (OSError, BadLatents) as err:
-        raise UserError(f"{path}: unreadable ({err})") from None
+        raise DataError(f"{path}: unreadable ({err})") from None

@@ -22,7 +22,7 @@ from mindone.data.stream import SampleStream
 from mindone.data.tar_stream import MAX_MEMBER_BYTES
 from mindone.data.wds_sample import IMAGE_EXTS
 from mindone.data.webdataset_dataset import WebdatasetReader
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 
 
 def build_sample_stream(
@@ -61,16 +61,16 @@ def build_sample_stream(
         rank = env_rank if rank is None else rank
         world_size = env_world if world_size is None else world_size
     if not 0.0 <= caption_dropout <= 1.0:
-        raise UserError(f"caption_dropout: expected a probability in [0, 1], got {caption_dropout}")
+        raise ConfigError(f"caption_dropout: expected a probability in [0, 1], got {caption_dropout}")
     if image_size < 8:
-        raise UserError(f"image_size: expected >= 8, got {image_size}")
+        raise ConfigError(f"image_size: expected >= 8, got {image_size}")
     if num_workers < 0:
-        raise UserError(f"num_workers: expected >= 0, got {num_workers}")
+        raise ConfigError(f"num_workers: expected >= 0, got {num_workers}")
     sample_filters = SampleFilters.from_config(filters)
     csv_files = resolve_annotation_files(data_path, dataset_type, parts)
     if dataset_type == "latents" and random_flip:
-        raise UserError("random_flip: cached latents hold one crop of each image, unflipped: train on the "
-                        "images for flips (or encode flipped copies as samples of their own)")
+        raise ConfigError("random_flip: cached latents hold one crop of each image, unflipped: train on the "
+                          "images for flips (or encode flipped copies as samples of their own)")
     if dataset_type == "files":
         annotations = read_files_annotations(csv_files, allow_outside_root=allow_outside_data_root)
         reader = FilesReader(annotations, read_meta=sample_filters.active, max_member_bytes=max_member_bytes)

@@ -36,14 +36,14 @@ import shlex
 import urllib.parse
 from dataclasses import dataclass
 
-from mindone.utils.cli import UserError
+from mindone.errors import DataError
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _HTTP = ("http://", "https://")
 OUTSIDE_FLAG = "--allow_outside_data_root"
 
 
-class UnsafeLocation(UserError):
+class UnsafeLocation(DataError):
     """A csv value that would run a command or leave the place the user named; one line naming the row."""
 
 

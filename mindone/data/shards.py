@@ -51,7 +51,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 
 UNEVEN_POLICIES = ("pad", "drop")
 
@@ -108,11 +108,11 @@ class EpochPlan:
         drop_remainder: bool = True,
     ) -> None:
         if uneven not in UNEVEN_POLICIES:
-            raise UserError(f"uneven: expected one of {', '.join(UNEVEN_POLICIES)}, got {uneven!r}")
+            raise ValueError(f"uneven: expected one of {', '.join(UNEVEN_POLICIES)}, got {uneven!r}")
         if not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} is outside world size {world_size}")
+            raise ConfigError(f"rank {rank} is outside world size {world_size}")
         if batch_size < 1 or num_workers < 1:
-            raise UserError(f"batch_size ({batch_size}) and workers ({num_workers}) must be >= 1")
+            raise ConfigError(f"batch_size ({batch_size}) and workers ({num_workers}) must be >= 1")
         sizes = np.asarray(sizes, dtype=np.int64)
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
@@ -128,7 +128,7 @@ class EpochPlan:
             self.steps_per_epoch = math.ceil(self.per_rank / batch_size)
             self.budget = self.per_rank
         if self.steps_per_epoch == 0:
-            raise UserError(
+            raise ConfigError(
                 f"dataset has {self.total} samples: fewer than one batch per rank "
                 f"(world size {world_size} x batch size {batch_size})"
             )

@@ -27,10 +27,10 @@ from typing import Iterable, Sequence
 from mindone.data.filters import SampleFilters
 from mindone.data.locations import inside_root
 from mindone.data.wds_sample import META_EXT, split_name
+from mindone.errors import DataError
 from mindone.laion.sample_filters import passes
 from mindone.laion.shard_state import check_shard, read_small_file, read_stats_json, scan_files_shard
 from mindone.utils.atomic import atomic_open
-from mindone.utils.cli import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def find_part_dirs(data_dir: Path) -> list[tuple[str, Path]]:
 def select_parts(data_dir: Path, wanted: Sequence[str] | None) -> list[tuple[str, Path]]:
     """The ``part_<id>`` folders of ``data_dir``, only the ``wanted`` ids when given (``--parts``).
 
-    A wanted id without its folder is a UserError naming it (and any other missing one); so is a data
+    A wanted id without its folder is a DataError naming it (and any other missing one); so is a data
     folder without any part folder.
     """
     parts = find_part_dirs(data_dir)
@@ -60,10 +60,10 @@ def select_parts(data_dir: Path, wanted: Sequence[str] | None) -> list[tuple[str
         missing = [pid for pid in dict.fromkeys(wanted) if pid not in present]
         if missing:
             names = ", ".join(f"part_{pid}" for pid in missing)
-            raise UserError(f"--parts: no folder {names} in {data_dir}")
+            raise DataError(f"--parts: no folder {names} in {data_dir}")
         parts = [p for p in parts if p[0] in set(wanted)]
     if not parts:
-        raise UserError(f"--data_dir {data_dir} has no part_<id> folders")
+        raise DataError(f"--data_dir {data_dir} has no part_<id> folders")
     return parts
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from mindone.errors import DataError
 from mindone.laion.filter_common import InputFile
 from mindone.laion.partition_writer import bool_array
-from mindone.utils.cli import UserError
 
 
 class ConditionSpill:
@@ -94,7 +94,7 @@ class RowCursor:
         while k:
             if self._batch is None or self._pos == self._batch.num_rows:
                 if not self._next_batch():
-                    raise UserError(f"{self.source}: fewer rows pass on the second read (changed during the run?)")
+                    raise DataError(f"{self.source}: fewer rows pass on the second read (changed during the run?)")
                 continue
             n = min(k, self._batch.num_rows - self._pos)
             pieces.append(self._batch.slice(self._pos, n))
@@ -109,6 +109,6 @@ class RowCursor:
             while not left and self._next_batch():
                 left = self._batch.num_rows > 0
             if left:
-                raise UserError(f"{self.source}: more rows pass on the second read (changed during the run?)")
+                raise DataError(f"{self.source}: more rows pass on the second read (changed during the run?)")
         finally:
             self._fh.close()

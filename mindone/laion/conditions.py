@@ -110,7 +110,7 @@ def _parse_value(op: str, raw: Any) -> Any:
 def build_conditions(options: dict[str, Any]) -> list[Condition]:
     """Conditions from flag/yaml values keyed by filter name (missing keys take seed 001's defaults; None
     turns one off)."""
-    from mindone.utils.cli import UserError
+    from mindone.errors import ConfigError
 
     conds = []
     for spec in METADATA_FILTERS:
@@ -118,7 +118,7 @@ def build_conditions(options: dict[str, Any]) -> list[Condition]:
         try:
             value = _parse_value(spec.op, raw)
         except ValueError:
-            raise UserError(f"--{spec.name}: expected a number or 'none', got {raw!r}") from None
+            raise ConfigError(f"--{spec.name}: expected a number or 'none', got {raw!r}") from None
         if value is not None:
             conds.append(Condition(spec.column, spec.op, value))
     return conds

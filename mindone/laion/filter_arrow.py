@@ -30,11 +30,11 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from mindone.errors import DataError, MindoneError
 from mindone.laion.filter_common import DEDUP_KEYS, FilterPlan, FilterStats, InputFile, part_sizes
 from mindone.laion.condition_spill import ConditionSpill
 from mindone.laion.mapped_parquet import MappedParquet
 from mindone.laion.partition_writer import PartitionWriter, bool_array
-from mindone.utils.cli import UserError
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "__laion_key_"  # dedup keys, copied under logical names while in buckets
@@ -86,7 +86,7 @@ def _read_errors(f: InputFile) -> Iterator[None]:
         yield
     except (pa.ArrowException, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{f.path}: cannot read ({first})") from None
+        raise DataError(f"{f.path}: cannot read ({first})") from None
 
 
 def _read_file(plan: FilterPlan, f: InputFile, columns: list[str] | None, bar,
@@ -209,7 +209,7 @@ def _spilled_pass(plan: FilterPlan, spill: ConditionSpill, progress: bool,
                     offset += n
                     yield f, batch, keep
             if offset != f.rows:
-                raise UserError(f"{f.path}: {f.rows} rows in its footer but {offset} read (changed during the run?)")
+                raise DataError(f"{f.path}: {f.rows} rows in its footer but {offset} read (changed during the run?)")
 
 
 def _scan_pass(plan: FilterPlan, stats: FilterStats, progress: bool,
@@ -248,8 +248,8 @@ def run_arrow(plan: FilterPlan, out_dir: Path, progress: bool = True) -> tuple[F
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
-        raise UserError(f"no space left for the scratch files in {scratch.parent} or the parts in {out_dir}: "
-                        "free some, or give --tmp_dir on another disk") from None
+        raise MindoneError(f"no space left for the scratch files in {scratch.parent} or the parts in {out_dir}: "
+                           "free some, or give --tmp_dir on another disk") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mindone.errors import DataError
 from mindone.laion.conditions import Condition
 from mindone.laion.schema import resolve_columns
-from mindone.utils.cli import UserError
 
 DEDUP_KEYS = {"url": ("url",), "url_text": ("url", "text"), "hash": ("hash",)}
 
@@ -85,11 +85,11 @@ def list_parquet_files(data_dir: Path) -> list[Path]:
     are ignored; any other file must be parquet (a stray file is reported, not silently skipped).
     """
     if not data_dir.is_dir():
-        raise UserError(f"--data_dir {data_dir}: not a directory")
+        raise DataError(f"--data_dir {data_dir}: not a directory")
     files = [p for p in data_dir.iterdir()
              if p.is_file() and not p.name.startswith((".", "_")) and not p.name.endswith((".crc", ".tmp", ".partial", ".json"))]
     if not files:
-        raise UserError(f"--data_dir {data_dir}: no input files (expected *.parquet)")
+        raise DataError(f"--data_dir {data_dir}: no input files (expected *.parquet)")
     return sorted(files, key=_natural_key)
 
 
@@ -102,7 +102,7 @@ def needed_columns(conditions: list[Condition], dedup: str | None) -> list[str]:
 
 def inspect_inputs(files: list[Path], conditions: list[Condition], dedup: str | None,
                    skip_missing: bool) -> list[InputFile]:
-    """Read each file's footer, resolve and type-check the needed columns; one UserError per problem."""
+    """Read each file's footer, resolve and type-check the needed columns; one DataError per problem."""
     out = []
     cond_cols = list(dict.fromkeys(c.logical for c in conditions))
     for path in files:
@@ -111,7 +111,7 @@ def inspect_inputs(files: list[Path], conditions: list[Condition], dedup: str | 
             schema = meta.schema.to_arrow_schema().remove_metadata()
         except (pa.ArrowException, OSError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise UserError(f"{path}: not a readable parquet file ({first})") from None
+            raise DataError(f"{path}: not a readable parquet file ({first})") from None
         columns = resolve_columns(schema, cond_cols, str(path), skip_missing)
         if dedup:
             columns.update(resolve_columns(schema, list(DEDUP_KEYS[dedup]), str(path), skip_missing=False))
@@ -133,7 +133,7 @@ def unify_output_schema(inputs: list[InputFile]) -> pa.Schema:
     try:
         return _unify([f.schema for f in inputs])
     except pa.ArrowException as err:
-        raise UserError(_type_clash(inputs) or f"input files have incompatible schemas: {str(err).splitlines()[0]}") from None
+        raise DataError(_type_clash(inputs) or f"input files have incompatible schemas: {str(err).splitlines()[0]}") from None
 
 
 def _type_clash(inputs: list[InputFile]) -> str | None:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mindone.errors import DownloadError
 from mindone.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,6 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 HEAD_REFUSED = {403, 405, 501}  # mirrors (S3 presigned URLs, some CDNs) that answer GET but not HEAD
 CHUNK = 1 << 20
-
-
-class DownloadError(Exception):
-    """A download that failed for good; the message names the URL and the reason."""
 
 
 @dataclass

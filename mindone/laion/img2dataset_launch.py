@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -54,26 +54,26 @@ def parse_part_ids(tokens: Sequence[str]) -> list[int]:
                 if "-" in piece.lstrip("-"):
                     lo, hi = piece.split("-", 1)
                     first, last = int(lo), int(hi)
-                    if last < first:
-                        raise UserError(f"part range {piece!r} is empty (end before start)")
-                    ids.extend(range(first, last + 1))
                 else:
-                    ids.append(int(piece))
+                    first = last = int(piece)
             except ValueError:
-                raise UserError(f"part id {piece!r} is not a number or a range like 1-3") from None
+                raise ConfigError(f"part id {piece!r} is not a number or a range like 1-3") from None
+            if last < first:  # outside the try: a ConfigError is a ValueError too
+                raise ConfigError(f"part range {piece!r} is empty (end before start)")
+            ids.extend(range(first, last + 1))
     if not ids:
-        raise UserError("no part id given (e.g. 1, 1-3 or '1 2 3')")
+        raise ConfigError("no part id given (e.g. 1, 1-3 or '1 2 3')")
     bad = [i for i in ids if i < 1]
     if bad:
-        raise UserError(f"part id {bad[0]} is invalid: LAION parts are numbered from 1 (part_1.parquet)")
+        raise ConfigError(f"part id {bad[0]} is invalid: LAION parts are numbered from 1 (part_1.parquet)")
     return list(dict.fromkeys(ids))
 
 
 def part_file(metadata_dir: str | os.PathLike, part_id: int, input_format: str) -> Path:
-    """``<metadata_dir>/part_<id>.<input_format>``, or a UserError naming the missing file."""
+    """``<metadata_dir>/part_<id>.<input_format>``, or a DataError naming the missing file."""
     path = Path(metadata_dir) / f"part_{part_id}.{input_format}"
     if not path.is_file():
-        raise UserError(f"metadata file {path} not found (part {part_id}; check --metadata_dir / LAION_METADATA_DIR)")
+        raise DataError(f"metadata file {path} not found (part {part_id}; check --metadata_dir / LAION_METADATA_DIR)")
     return path
 
 
@@ -106,10 +106,10 @@ def choose_extra_columns(requested: str | None, columns: list[str] | None, url_c
         if columns is not None:
             missing = [c for c in wanted if c not in columns]
             if missing:
-                raise UserError(f"--save_additional_columns: column {missing[0]!r} is not in the input (has: {', '.join(columns)})")
+                raise ConfigError(f"--save_additional_columns: column {missing[0]!r} is not in the input (has: {', '.join(columns)})")
     reserved = [c for c in wanted if c in _RESERVED]
     if reserved:
-        raise UserError(f"--save_additional_columns: {reserved[0]!r} is reserved by img2dataset for its own field")
+        raise ConfigError(f"--save_additional_columns: {reserved[0]!r} is reserved by img2dataset for its own field")
     wanted = [c for c in wanted if c not in (url_col, caption_col)]
     return wanted or None
 
@@ -145,7 +145,7 @@ def _convert(flag: str, value: str, annotation: Any, default: Any) -> Any:
             return float(value)
         return value
     except ValueError:
-        raise UserError(f"img2dataset option --{flag}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
+        raise ConfigError(f"img2dataset option --{flag}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
 
 
 def parse_passthrough(tokens: Sequence[str]) -> dict[str, Any]:
@@ -158,11 +158,11 @@ def parse_passthrough(tokens: Sequence[str]) -> dict[str, Any]:
     while i < len(tokens):
         token = tokens[i]
         if not token.startswith("--"):
-            raise UserError(f"img2dataset option {token!r}: expected --name value (options after -- go to img2dataset)")
+            raise ConfigError(f"img2dataset option {token!r}: expected --name value (options after -- go to img2dataset)")
         name, eq, value = token[2:].partition("=")
         name = name.replace("-", "_")
         if name not in params or name == "url_list":
-            raise UserError(f"img2dataset has no option --{name} (see `img2dataset --help`)")
+            raise ConfigError(f"img2dataset has no option --{name} (see `img2dataset --help`)")
         if not eq:
             if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
                 value = tokens[i + 1]
@@ -170,7 +170,7 @@ def parse_passthrough(tokens: Sequence[str]) -> dict[str, Any]:
             elif isinstance(params[name].default, bool):
                 value = "true"
             else:
-                raise UserError(f"img2dataset option --{name} needs a value")
+                raise ConfigError(f"img2dataset option --{name} needs a value")
         kwargs[name] = _convert(name, value, params[name].annotation, params[name].default)
         i += 1
     return kwargs
@@ -255,7 +255,7 @@ def check_resume_settings(part_dir: Path, kwargs: dict[str, Any], input_rows: in
         changed = [k for k, v in current.items() if k in previous and previous[k] != v and v is not None]
         if changed:
             k = changed[0]
-            raise UserError(
+            raise ConfigError(
                 f"{part_dir} was started with {k}={previous[k]!r}, now {current[k]!r}: resuming would mix shard "
                 "layouts; rerun with the original settings or use a new --output_dir"
             )

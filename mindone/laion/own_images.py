@@ -30,8 +30,8 @@ from typing import Iterator
 
 from mindone.data.locations import inside_root
 from mindone.data.wds_sample import CAPTION_EXT, IMAGE_EXTS, META_EXT
+from mindone.errors import DataError
 from mindone.utils.atomic import TMP_SUFFIX, atomic_path, atomic_write_text
-from mindone.utils.cli import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _caption_table(image_dir: Path, allow_outside: bool = False) -> dict[str, st
     jsonl, table_csv = image_dir / "metadata.jsonl", image_dir / "metadata.csv"
     for candidate in (jsonl, table_csv):
         if _readable(candidate, image_dir, allow_outside) is None:
-            raise UserError(f"{candidate} is a symlink leading out of --image_dir (--allow_outside_image_dir reads it)")
+            raise DataError(f"{candidate} is a symlink leading out of --image_dir (--allow_outside_image_dir reads it)")
     table: dict[str, str] = {}
     if jsonl.is_file():
         for lineno, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), start=1):
@@ -74,9 +74,9 @@ def _caption_table(image_dir: Path, allow_outside: bool = False) -> dict[str, st
             try:
                 row = json.loads(line)
             except (ValueError, RecursionError):
-                raise UserError(f"{jsonl}:{lineno}: not a json object") from None
+                raise DataError(f"{jsonl}:{lineno}: not a json object") from None
             if not isinstance(row, dict) or "file_name" not in row:
-                raise UserError(f"{jsonl}:{lineno}: needs a 'file_name' key")
+                raise DataError(f"{jsonl}:{lineno}: needs a 'file_name' key")
             text = row.get("text", row.get("caption"))
             table[str(row["file_name"])] = text if isinstance(text, str) else ""
         return table
@@ -86,7 +86,7 @@ def _caption_table(image_dir: Path, allow_outside: bool = False) -> dict[str, st
             fields = reader.fieldnames or []
             text_col = "text" if "text" in fields else "caption" if "caption" in fields else None
             if "file_name" not in fields or text_col is None:
-                raise UserError(f"{table_csv}: needs columns file_name and text (or caption); has {', '.join(fields)}")
+                raise DataError(f"{table_csv}: needs columns file_name and text (or caption); has {', '.join(fields)}")
             for row in reader:
                 table[row["file_name"]] = row[text_col] or ""
         return table
@@ -116,7 +116,7 @@ def collect_samples(image_dir: Path, allow_outside: bool = False) -> CollectRepo
     unless ``allow_outside``.
     """
     if not image_dir.is_dir():
-        raise UserError(f"--image_dir {image_dir} is not a folder")
+        raise DataError(f"--image_dir {image_dir} is not a folder")
     report = CollectReport()
     images = _image_files(image_dir, allow_outside, report.skipped)
     table = _caption_table(image_dir, allow_outside)
@@ -183,7 +183,7 @@ def write_shards(samples: list[Sample], part_dir: Path, output_format: str, per_
                  image_size: int | None = None, image_dir: Path | None = None) -> Counter:  # fmt: skip
     """Write the shards of ``part_dir`` (data first, ``_stats.json`` last, each atomically); returns skip counts."""
     if output_format not in ("webdataset", "files"):
-        raise UserError(f"--output_format {output_format!r}: use webdataset or files")
+        raise ValueError(f"--output_format {output_format!r}: use webdataset or files")
     part_dir.mkdir(parents=True, exist_ok=True)
     skipped: Counter = Counter()
     digits_sample = max(1, math.ceil(math.log10(per_shard))) if per_shard > 1 else 1

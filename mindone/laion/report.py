@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from mindone.errors import DataError
 from mindone.laion.filter_common import FilterPlan, FilterStats, list_parquet_files
 from mindone.laion.schema import resolve_column
 from mindone.utils.atomic import atomic_write_text
-from mindone.utils.cli import UserError
 
 REPORT_NAME = "filter_report.json"
 NULL_SEMANTICS = "a null or NaN value fails every condition on its column"
@@ -97,7 +97,7 @@ def check_figures(data_dir: Path, batch_rows: int = 262_144) -> dict[str, float 
                 if "pwatermark" in get:
                     high_wm += int(np.count_nonzero(get["pwatermark"] > 0.8))
         except (OSError, ValueError, TypeError) as err:
-            raise UserError(f"{path}: cannot read for check ({str(err).splitlines()[0]})") from None
+            raise DataError(f"{path}: cannot read for check ({str(err).splitlines()[0]})") from None
     return {
         "count": count,
         "min_aesthetic": min_aes if present["aesthetic"] and math.isfinite(min_aes) else None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from mindone.data.filter_vocab import COLUMN_ALIASES
-from mindone.utils.cli import UserError
+from mindone.errors import DataError
 
 # logical name -> accepted physical names, in order of preference (owned by the filter vocabulary)
 ALIASES = COLUMN_ALIASES
@@ -29,14 +29,14 @@ def resolve_column(schema: pa.Schema, logical: str) -> str | None:
 
 
 def check_type(schema: pa.Schema, logical: str, physical: str, file: str) -> None:
-    """Raise UserError if ``physical`` does not have the type ``logical`` needs (numbers / strings)."""
+    """Raise DataError if ``physical`` does not have the type ``logical`` needs (numbers / strings)."""
     typ = schema.field(physical).type
     if logical in NUMERIC and not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
-        raise UserError(f"{file}: column {physical!r} has type {typ}, expected a number")
+        raise DataError(f"{file}: column {physical!r} has type {typ}, expected a number")
     if logical in STRING and not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
-        raise UserError(f"{file}: column {physical!r} has type {typ}, expected a string")
+        raise DataError(f"{file}: column {physical!r} has type {typ}, expected a string")
     if logical == "hash" and not pa.types.is_integer(typ):
-        raise UserError(f"{file}: column {physical!r} has type {typ}, expected an integer")
+        raise DataError(f"{file}: column {physical!r} has type {typ}, expected an integer")
 
 
 def resolve_columns(schema: pa.Schema, logicals: list[str], file: str, skip_missing: bool) -> dict[str, str | None]:
@@ -47,7 +47,7 @@ def resolve_columns(schema: pa.Schema, logicals: list[str], file: str, skip_miss
         if physical is None:
             if not skip_missing:
                 tried = "/".join(ALIASES.get(logical, (logical,)))
-                raise UserError(f"{file}: no column {tried} for condition on {logical!r} "
+                raise DataError(f"{file}: no column {tried} for condition on {logical!r} "
                                 "(pass --skip_missing_columns to skip conditions on absent columns)")
         else:
             check_type(schema, logical, physical, file)

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from mindone.data.filters import SampleFilters
 from mindone.data.wds_sample import META_EXT, group_members, is_sample, split_name
+from mindone.errors import DataError
 from mindone.utils.atomic import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_MEMBER_BYTES = 64 << 20  # an image img2dataset resized is well under this
 
 
-class ShardFilterError(ValueError):
+class ShardFilterError(DataError):
     """A shard that cannot be filtered safely (compressed, unreadable, or a member over the size cap)."""
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from mindone.utils.cli import UserError
+from mindone.errors import MindoneError
 
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
@@ -34,8 +34,8 @@ def ensure_open_files(needed: int) -> None:
     if needed <= soft:
         return
     if hard != resource.RLIM_INFINITY and needed > hard:
-        raise UserError(f"{needed} shuffle buckets need more open files than allowed ({hard}); "
-                        "raise --shuffle_bucket_mb or `ulimit -n`")
+        raise MindoneError(f"{needed} shuffle buckets need more open files than allowed ({hard}); "
+                           "raise --shuffle_bucket_mb or `ulimit -n`")
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 
 log = logging.getLogger(__name__)
 OWNER_FILE = ".owner_pid"
@@ -50,11 +50,11 @@ def check_target(target: Path, overwrite: bool, protect: list[Path] = ()) -> Non
     for p in protect:
         p = p.resolve()
         if t == p or p in t.parents or t in p.parents:
-            raise UserError(f"--output_dir {target}: overlaps the input directory {p}")
+            raise ConfigError(f"--output_dir {target}: overlaps the input directory {p}")
     if target.exists() and not target.is_dir():
-        raise UserError(f"--output_dir {target}: exists and is not a directory")
+        raise ConfigError(f"--output_dir {target}: exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise UserError(f"--output_dir {target}: exists and is not empty (pass --overwrite to replace it)")
+        raise ConfigError(f"--output_dir {target}: exists and is not empty (pass --overwrite to replace it)")
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 
 HF = "https://huggingface.co/datasets"
 
@@ -28,11 +28,11 @@ class Subset:
     def file_name(self, part: int) -> str:
         """File name of 1-based ``part``: one plain name, so the file lands in the output folder itself."""
         if not 1 <= part <= self.num_parts:
-            raise UserError(f"--parts: part {part} is out of range for subset {self.name} (1-{self.num_parts})")
+            raise ConfigError(f"--parts: part {part} is out of range for subset {self.name} (1-{self.num_parts})")
         name = self.pattern.format(n=part - 1 + self.first_index)
         if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
-            raise UserError(f"--file_pattern: part {part} gives {name!r}, not a plain file name "
-                            "(it would be written outside --output_dir)")
+            raise ConfigError(f"--file_pattern: part {part} gives {name!r}, not a plain file name "
+                              "(it would be written outside --output_dir)")
         return name
 
 
@@ -81,7 +81,7 @@ def get_subset(name: str, pattern: str | None = None, num_parts: int | None = No
                first_index: int | None = None) -> Subset:
     """Look up a subset by name, optionally overriding its file pattern / part count (for new mirrors)."""
     if name not in SUBSETS:
-        raise UserError(f"--subset: unknown subset {name!r}; known: {', '.join(SUBSETS)}")
+        raise ConfigError(f"--subset: unknown subset {name!r}; known: {', '.join(SUBSETS)}")
     s = SUBSETS[name]
     return Subset(s.name, s.base_url, pattern or s.pattern, num_parts or s.num_parts,
                   s.first_index if first_index is None else first_index, s.columns)
@@ -104,8 +104,8 @@ def parse_parts(spec: str | None, num_parts: int) -> list[int]:
             else:
                 parts.add(int(item))
         except ValueError:
-            raise UserError(f"--parts: cannot parse {item!r} in {spec!r} (expected e.g. 1-8,12)") from None
+            raise ConfigError(f"--parts: cannot parse {item!r} in {spec!r} (expected e.g. 1-8,12)") from None
     bad = [p for p in sorted(parts) if not 1 <= p <= num_parts]
     if bad:
-        raise UserError(f"--parts: {bad[0]} is out of range 1-{num_parts}")
+        raise ConfigError(f"--parts: {bad[0]} is out of range 1-{num_parts}")
     return sorted(parts)

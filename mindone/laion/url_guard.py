@@ -18,11 +18,13 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mindone.errors import DataError
+
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 COPY_NAME = ".http_urls_only.parquet"  # hidden, and not *.json: img2dataset takes those for finished shards
 
 
-class UrlGuardError(ValueError):
+class UrlGuardError(DataError):
     """A metadata file that cannot be checked, or none of whose rows may be downloaded."""
 
 

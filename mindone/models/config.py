@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
 _SECTIONS = ("unet", "vae", "text_encoder")
@@ -22,11 +22,11 @@ def load_model_config(path: str | Path) -> dict[str, Any]:
         candidate = CONFIG_DIR / f"{path}.yaml"
     if not candidate.is_file():
         bundled = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise UserError(f"model config {path}: no such file (bundled configs: {bundled})")
+        raise ConfigError(f"model config {path}: no such file (bundled configs: {bundled})")
     try:
         cfg = yaml.safe_load(candidate.read_text())
     except yaml.YAMLError as err:
-        raise UserError(f"model config {candidate}: invalid yaml ({str(err).splitlines()[0]})") from err
+        raise ConfigError(f"model config {candidate}: invalid yaml ({str(err).splitlines()[0]})") from err
     _validate(cfg, candidate)
     return cfg
 
@@ -37,18 +37,18 @@ def _validate(cfg: Any, source: Path) -> None:
     from mindone.models.vae import AutoencoderKL
 
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
-        raise UserError(f"model config {source}: expected a mapping with a 'model:' section")
+        raise ConfigError(f"model config {source}: expected a mapping with a 'model:' section")
     unknown = set(cfg) - _TOP_LEVEL
     if unknown:
-        raise UserError(f"model config {source}: unknown top-level keys {sorted(unknown)}")
+        raise ConfigError(f"model config {source}: unknown top-level keys {sorted(unknown)}")
     for section, cls in zip(_SECTIONS, (UNetModel, AutoencoderKL, OpenCLIPTextEncoder)):
         params = cfg["model"].get(section)
         if not isinstance(params, dict):
-            raise UserError(f"model config {source}: missing section model.{section}")
+            raise ConfigError(f"model config {source}: missing section model.{section}")
         allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
         bad = set(params) - allowed
         if bad:
-            raise UserError(f"model config {source}: unknown keys in model.{section}: {sorted(bad)}")
+            raise ConfigError(f"model config {source}: unknown keys in model.{section}: {sorted(bad)}")
 
 
 def build_model(cfg: dict[str, Any]):
@@ -80,7 +80,7 @@ def set_compute_dtype(model, dtype: str) -> None:
     """Run ``model``'s cells in fp16 / bf16 with MindSpore AMP level O2, as training's ``--mixed_precision``
     (the attention softmax stays fp32 whatever the dtype). ``fp32`` leaves the model as it is."""
     if dtype not in COMPUTE_DTYPES:
-        raise UserError(f"compute dtype {dtype!r}: expected one of {', '.join(COMPUTE_DTYPES)}")
+        raise ValueError(f"compute dtype {dtype!r}: expected one of {', '.join(COMPUTE_DTYPES)}")
     if dtype == "fp32":
         return
     import mindspore as ms

@@ -9,7 +9,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import Tensor, ops
 
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 
 
 def flash_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int) -> Tensor:
@@ -26,5 +26,5 @@ def check_flash_supported() -> None:
     """Raise a clear error when the flash path is requested on a device that has no kernel for it."""
     target = ms.get_context("device_target")
     if target != "Ascend":
-        raise UserError(f"use_flash_attention needs device_target Ascend (current: {target}); "
-                        "set use_flash_attention: false in the model config")
+        raise ConfigError(f"use_flash_attention needs device_target Ascend (current: {target}); "
+                          "set use_flash_attention: false in the model config")

@@ -18,7 +18,7 @@ import ftfy
 import numpy as np
 import regex
 
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError, DataError
 
 VOCAB_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 BOS_TOKEN = "<start_of_text>"
@@ -32,7 +32,7 @@ def find_bpe_vocab(path: str | Path | None = None) -> Path:
     if path is not None:
         vocab = Path(path)
         if not vocab.is_file():
-            raise UserError(f"BPE vocabulary {vocab}: no such file")
+            raise DataError(f"BPE vocabulary {vocab}: no such file")
         return vocab
     spec = importlib.util.find_spec("open_clip")
     if spec is not None and spec.submodule_search_locations:
@@ -40,8 +40,8 @@ def find_bpe_vocab(path: str | Path | None = None) -> Path:
             vocab = Path(folder) / VOCAB_FILENAME
             if vocab.is_file():
                 return vocab
-    raise UserError(f"BPE vocabulary {VOCAB_FILENAME} not found: pass its path, or run "
-                    "`pip install --no-deps open_clip_torch` (the wheel ships the file; torch is not needed)")
+    raise ConfigError(f"BPE vocabulary {VOCAB_FILENAME} not found: pass its path, or run "
+                      "`pip install --no-deps open_clip_torch` (the wheel ships the file; torch is not needed)")
 
 
 @lru_cache(maxsize=1)
@@ -73,7 +73,7 @@ class SDTokenizer:
             with gzip.open(merges_file) as fh:
                 lines = fh.read().decode("utf-8").split("\n")
         except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"BPE vocabulary {merges_file}: not a gzipped merges file ({err})") from err
+            raise DataError(f"BPE vocabulary {merges_file}: not a gzipped merges file ({err})") from err
         merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]
         symbols = list(bytes_to_unicode().values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [BOS_TOKEN, EOS_TOKEN]

@@ -29,7 +29,7 @@ from mindspore import Parameter, Tensor
 
 from mindone.convert.mapped_pages import release_pages
 from mindone.convert.mindspore_ckpt import read_mindspore_checkpoint
-from mindone.utils.cli import UserError
+from mindone.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -81,24 +81,25 @@ def save_parameters(params: NamedParams, path: str | os.PathLike, metadata: dict
 def load_parameters(params: NamedParams, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
     """Set each ``(name, parameter)`` from the ``.ckpt`` entry of that name; returns the file's other entries.
 
-    ``strict``: a parameter missing from the file is a :class:`UserError` (listing the first names).
+    ``strict``: a parameter missing from the file is a :class:`~mindone.errors.CheckpointError` (listing the
+    first names).
     Shapes must match. Values are cast to each parameter's dtype.
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint file not found")
+        raise CheckpointError(f"{path}: checkpoint file not found")
     # memory-mapped, tensor by tensor: ms.load_checkpoint holds the whole file and refuses one larger than free RAM
     state = read_mindspore_checkpoint(path)
     missing = [name for name, _ in params if name not in state]
     if missing and strict:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise UserError(f"{path}: missing {len(missing)} parameter(s): {shown}")
+        raise CheckpointError(f"{path}: missing {len(missing)} parameter(s): {shown}")
     for name, p in params:
         if name not in state:
             continue
         value = np.asarray(state[name])
         if tuple(value.shape) != tuple(p.shape):
-            raise UserError(f"{path}: {name} has shape {tuple(value.shape)}, the model expects {tuple(p.shape)}")
+            raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, the model expects {tuple(p.shape)}")
         p.set_data(Tensor(value, p.dtype))
         release_pages(value)
     names = {name for name, _ in params}
@@ -110,7 +111,7 @@ class CheckpointManager:
 
     def __init__(self, output_dir: str | os.PathLike, total_limit: int | None = None) -> None:
         if total_limit is not None and total_limit < 1:
-            raise UserError(f"--checkpoints_total_limit {total_limit}: must be at least 1 (or unset)")
+            raise ConfigError(f"--checkpoints_total_limit {total_limit}: must be at least 1 (or unset)")
         self.root = Path(output_dir) / "checkpoints"
         self.total_limit = total_limit
 
@@ -137,8 +138,8 @@ class CheckpointManager:
             return self.latest()
         path = Path(resume_from)
         if not (path / META_FILE).is_file() or not (path / STATE_FILE).is_file():
-            raise UserError(f"--resume_from_checkpoint {path}: not a complete checkpoint directory "
-                            f"(expected {STATE_FILE} and {META_FILE})")
+            raise CheckpointError(f"--resume_from_checkpoint {path}: not a complete checkpoint directory "
+                                  f"(expected {STATE_FILE} and {META_FILE})")
         return path
 
     def remove_temporaries(self) -> int:

@@ -23,8 +23,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
+from mindone.errors import CheckpointError, ConfigError
 from mindone.train.checkpoint import load_parameters, save_parameters
-from mindone.utils.cli import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +98,11 @@ def _targets(root: nn.Cell, text_encoder: bool) -> list[str]:
 def inject_lora(model: nn.Cell, rank: int = 4, alpha: float | None = None, text_encoder: bool = False) -> list[str]:
     """Wrap the target Dense layers of a LatentDiffusion in :class:`LoRADense`; returns their names."""
     if rank < 1:
-        raise UserError(f"--lora_rank {rank}: must be at least 1")
+        raise ConfigError(f"--lora_rank {rank}: must be at least 1")
     alpha = float(rank if alpha is None else alpha)
     names = _targets(model, text_encoder)
     if not names:
-        raise UserError("LoRA: no attention projection (attn1/attn2 to_q/to_k/to_v/to_out.0) found in the model")
+        raise ConfigError("LoRA: no attention projection (attn1/attn2 to_q/to_k/to_v/to_out.0) found in the model")
     cells = dict(model.cells_and_names())
     for name in names:
         _replace(model, name, LoRADense(cells[name], rank, alpha))
@@ -148,14 +148,14 @@ def apply_lora(model: nn.Cell, lora_ckpt: str | os.PathLike, merge: bool = False
     """
     path = Path(lora_ckpt)
     if not path.is_file():
-        raise UserError(f"--lora {path}: file not found")
+        raise CheckpointError(f"--lora {path}: file not found")
     meta = ms.load_checkpoint(str(path))
     try:
         rank = int(_scalar(meta["lora_rank"]))
         alpha = float(_scalar(meta["lora_alpha"]))
         text = bool(_scalar(meta.get("lora_text_encoder", False)))
     except KeyError:
-        raise UserError(f"--lora {path}: not a LoRA file (no lora_rank / lora_alpha entries)") from None
+        raise CheckpointError(f"--lora {path}: not a LoRA file (no lora_rank / lora_alpha entries)") from None
     inject_lora(model, rank=rank, alpha=alpha, text_encoder=text)
     load_parameters(lora_parameters(model), path, strict=True)
     if merge:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Sequence
 
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 
 if TYPE_CHECKING:  # MindSpore loads only when an optimizer is built, so --help stays fast
     from mindspore import Parameter, nn
@@ -33,9 +33,9 @@ def build_lr_schedule(
     from mindcv.scheduler import create_scheduler
 
     if name not in LR_SCHEDULERS:
-        raise UserError(f"--lr_scheduler {name!r}: expected one of {', '.join(LR_SCHEDULERS)}")
+        raise ValueError(f"--lr_scheduler {name!r}: expected one of {', '.join(LR_SCHEDULERS)}")
     if total_steps < 1:
-        raise UserError(f"--max_train_steps {total_steps}: must be at least 1")
+        raise ConfigError(f"--max_train_steps {total_steps}: must be at least 1")
     warmup = 0 if name == "constant" else min(max(warmup_steps, 0), total_steps)
     schedule = create_scheduler(
         steps_per_epoch=1,
@@ -62,7 +62,7 @@ def build_optimizer(
 
     params = [p for p in params if p.requires_grad]
     if not params:
-        raise UserError("nothing to train: every parameter is frozen (check --use_lora / --train_text_encoder)")
+        raise ConfigError("nothing to train: every parameter is frozen (check --use_lora / --train_text_encoder)")
     # what mindcv.optim.create_optimizer(opt="adamw", weight_decay_filter="disable") builds, as FusedAdamW
     return _fused_adamw_class()(
         init_group_params(params, weight_decay, "disable", []),

@@ -1,8 +1,10 @@
 """Command-line conventions shared by every tool and example script.
 
-User mistakes (a missing file, a bad flag value, a column the input lacks) raise :class:`UserError`
-with one line that names the input and what is wrong. :func:`run_main` prints that line to stderr
-and exits with status 2, with no stack trace; anything else is a bug and keeps its traceback.
+User mistakes (a missing file, a bad flag value, a column the input lacks) are one line that names
+the input and what is wrong. The library raises them as :class:`mindone.errors.MindoneError` (a
+``ValueError``); a CLI script raises :class:`UserError` for the argument checks it does itself.
+:func:`run_main` is the one place that turns either into that line on stderr and exit status 2, with
+no stack trace; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,17 +13,28 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from mindone.errors import MindoneError
+
 
 class UserError(Exception):
-    """An error caused by the user's input; its message is the one line shown to them."""
+    """An error in a CLI script's own arguments; its message is the one line shown to the user.
+
+    Library code raises :mod:`mindone.errors` instead; under ``mindone/`` only the CLI layer (this
+    module and the flag / yaml option loader :mod:`mindone.utils.config`) uses this class.
+    """
+
+
+ONE_LINE_ERRORS = (UserError, MindoneError)
+"""What :func:`run_main` shows as one line (also what a test of a CLI's ``main`` expects it to raise)."""
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run a CLI ``main(argv)`` and turn :class:`UserError` into ``error: <message>`` + exit 2."""
+    """Run a CLI ``main(argv)``; :class:`UserError` and :class:`~mindone.errors.MindoneError` become
+    ``<prog>: error: <message>`` on stderr + exit 2."""
     prog = sys.argv[0].rsplit("/", 1)[-1]
     try:
         code = main(argv)
-    except UserError as err:
+    except ONE_LINE_ERRORS as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -10,8 +10,6 @@ import logging
 import os
 from dataclasses import dataclass
 
-from mindone.utils.cli import UserError
-
 logger = logging.getLogger(__name__)
 
 MODES = ("graph", "pynative")
@@ -106,10 +104,10 @@ def init_device(
     import mindspore as ms
 
     if mode not in MODES:
-        raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+        raise ValueError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     target = device_target or default_device_target()
     if target not in DEVICE_TARGETS:
-        raise UserError(f"--device_target {target!r}: expected one of {', '.join(DEVICE_TARGETS)}")
+        raise ValueError(f"--device_target {target!r}: expected one of {', '.join(DEVICE_TARGETS)}")
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     device_id = os.environ.get("DEVICE_ID")
     ms.set_device(target, int(device_id) if device_id and target != "CPU" else None)
