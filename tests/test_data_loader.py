@@ -97,10 +97,11 @@ def test_bad_data_is_skipped_counted_and_refilled(tmp_path, dataset_type, caplog
     keys = []
     for s in ranks:
         got = [x["key"] for x in epoch_of(s)]
-        assert len(got) == len(s) == 24  # ceil(50 / 2) rounded down to whole batches: the same on both ranks
+        # 50 samples, 2 ranks x batch 4: pad rounds up to whole batches, 4 * ceil(50 / 8) = 28 on each rank
+        assert len(got) == len(s) == 28
         keys += got
         counts = s.last_epoch_counts
-        assert counts["yielded"] == 24 and counts["read"] == 24 + sum(
+        assert counts["yielded"] == 28 and counts["read"] == 28 + sum(
             v for k, v in counts.items() if k not in ("read", "yielded", "refilled")
         )
     bad = {m.key for shard in data.shards for m in shard if not m.good}
@@ -184,13 +185,13 @@ def test_resume_on_dirty_data_keeps_the_step_count(tmp_path):
     resumed = stream(tmp_path, rank=1, world_size=2, batch_size=4, start_step=2)
     keys_full = [x["key"] for x in epoch_of(full)]
     keys_resumed = [x["key"] for x in epoch_of(resumed)]
-    assert len(keys_full) == 24 and len(keys_resumed) == 24 - 2 * 4
+    assert len(keys_full) == 28 and len(keys_resumed) == 28 - 2 * 4
     # per worker (outputs alternate between the 2 workers), the resumed run is a window of the full run
     # that starts at most "bad samples skipped" places early: exact resume on clean data, a shift here
     shifts = []
     for w in range(2):
         full_w, resumed_w = keys_full[w::2], keys_resumed[w::2]  # 4 outputs of each worker skipped
-        shifts.append(next(s for s in range(5) if resumed_w == full_w[4 - s : 12 - s]))
+        shifts.append(next(s for s in range(5) if resumed_w == full_w[4 - s : 14 - s]))
     assert all(0 <= s <= 4 for s in shifts), shifts
 
 

@@ -50,6 +50,23 @@ def test_uneven_policy_gives_every_rank_the_same_steps(uneven, per_rank, missing
     assert (counts == 0).sum() == missing and (counts == 2).sum() == doubled and counts.max() <= 2
 
 
+@pytest.mark.parametrize("world_size, batch_size", [(2, 3), (2, 4), (3, 4), (1, 6)])
+def test_pad_reads_every_sample_with_batches_above_one(world_size, batch_size):
+    """pad keeps its word with whole batches: 20 samples over 2 ranks x batch 3 give 4 steps of 3 per rank
+    (24 reads: every sample, 4 twice), not 3 steps (18 reads, 2 samples never seen)."""
+    sizes = [7, 5, 8]
+    plans = make_plans(sizes, world_size=world_size, batch_size=batch_size, uneven="pad")
+    steps = {plan.steps_per_epoch for plan in plans}
+    assert steps == {-(-20 // (world_size * batch_size))}
+    seen = [p % 20 for plan in plans for p in planned_positions(plan)]
+    counts = np.bincount(seen, minlength=20)
+    assert counts.min() >= 1 and counts.sum() == steps.pop() * world_size * batch_size
+    assert (counts == 2).sum() == counts.sum() - 20 <= world_size * batch_size - 1
+    dropped = make_plans(sizes, world_size=world_size, batch_size=batch_size, uneven="drop")
+    missing = 20 - len({p for plan in dropped for p in planned_positions(plan)})
+    assert missing <= world_size * batch_size - 1 and {p.per_rank for p in dropped} == {20 // world_size}
+
+
 def test_drop_remainder_reads_only_whole_batches():
     plans = make_plans([10, 10, 3], batch_size=4)  # per rank ceil(23/2)=12 -> 3 steps of 4
     assert [(p.steps_per_epoch, p.budget) for p in plans] == [(3, 12), (3, 12)]

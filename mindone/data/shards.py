@@ -10,15 +10,20 @@ for the files dataset every csv row is a shard of one sample). One epoch works l
    rank ``r`` reads ``[r * per_rank, (r + 1) * per_rank)``. When ``N`` divides by the world size every
    sample is read exactly once. When it does not (the *uneven-split policy*, ``uneven``):
 
-   - ``"pad"`` (default): ``per_rank = ceil(N / world_size)``; the last rank wraps around to the start of
-     the stream, so at most ``world_size - 1`` samples are seen twice and none is missed;
-   - ``"drop"``: ``per_rank = floor(N / world_size)``; at most ``world_size - 1`` samples (different
-     ones each epoch, since the stream is reshuffled) are not seen this epoch.
+   - ``"pad"`` (default): no sample is missed. ``per_rank = ceil(N / world_size)``, rounded up to a whole
+     number of batches when only whole batches are read (``drop_remainder``): ``per_rank = batch_size *
+     ceil(N / (world_size * batch_size))``. The last ranks wrap around to the start of the stream, so at
+     most ``world_size * batch_size - 1`` samples are seen twice (``world_size - 1`` without
+     ``drop_remainder``);
+   - ``"drop"``: ``per_rank = floor(N / world_size)``, and with ``drop_remainder`` only its whole batches
+     are read: at most ``world_size * batch_size - 1`` samples (different ones each epoch, since the
+     stream is reshuffled) are not seen this epoch.
 
    Shard boundaries do not matter: a rank starts and stops mid-shard when needed (skipping members by
    their tar headers only). Every rank therefore has the same ``steps_per_epoch`` (``per_rank //
    batch_size`` with ``drop_remainder``, else the ceiling), so no rank waits at the end of an epoch for a
-   collective its peers never reach. With ``drop_remainder`` only ``steps * batch_size`` positions are read.
+   collective its peers never reach. With ``drop_remainder`` only ``steps * batch_size`` positions are read
+   (all of ``per_rank`` under ``"pad"``, a whole number of batches).
 3. **Worker split.** The rank's positions are cut into ``num_workers`` consecutive chunks (the first
    ``budget % num_workers`` chunks one longer). Batches are assembled round-robin: rank output ``i`` comes
    from worker ``i % num_workers``; so the output order depends only on the seed, epoch, world size,
@@ -120,7 +125,12 @@ class EpochPlan:
         self.total = int(sizes.sum())
         self.shard_order = _rng(seed, epoch, 0x5EED).permutation(len(sizes)) if shuffle else np.arange(len(sizes))
         self.offsets = np.concatenate([[0], np.cumsum(sizes[self.shard_order])])
-        self.per_rank = math.ceil(self.total / world_size) if uneven == "pad" else self.total // world_size
+        if uneven == "drop":
+            self.per_rank = self.total // world_size
+        else:
+            self.per_rank = math.ceil(self.total / world_size)
+            if drop_remainder and self.per_rank >= batch_size:  # (below one batch per rank: refused below)
+                self.per_rank = batch_size * math.ceil(self.total / (world_size * batch_size))
         if drop_remainder:
             self.steps_per_epoch = self.per_rank // batch_size
             self.budget = self.steps_per_epoch * batch_size

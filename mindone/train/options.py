@@ -38,9 +38,9 @@ TRAIN_OPTIONS: list[Option] = [
            "(MB), unread", group="data"),
     Option("shuffle_buffer", int, 1000, "webdataset: samples held in the shuffle buffer of each worker",
            group="data"),
-    Option("uneven_policy", str, "pad", "when samples do not divide evenly over ranks x batch: pad (repeat a few "
-           "samples so no sample is dropped) or drop (leave the remainder out); both give every rank the same "
-           "number of steps", choices=("pad", "drop"), group="data"),
+    Option("uneven_policy", str, "pad", "when samples do not divide evenly over ranks x batch: pad (repeat up to "
+           "ranks x batch - 1 samples so that none is dropped) or drop (leave up to ranks x batch - 1 out); both "
+           "give every rank the same number of steps", choices=("pad", "drop"), group="data"),
     *[Option(f"filter_{spec.name}", float, None, f"skip samples whose json {spec.load_help} (load-time filter; "
              "unset: off)", aliases=tuple(f"filter_{a}" for a in spec.aliases), group="data")
       for spec in SAMPLE_FILTERS],
