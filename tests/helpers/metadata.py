@@ -63,3 +63,24 @@ def reference_filter(df: pd.DataFrame, variant: str, min_size=512, max_punsafe=0
 
 def run_cli(script: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout)
+
+
+VARIANTS = ("improved_aesthetics_4.5plus", "laion-art", "laion2B-en-joined", "laion-high-resolution")
+
+
+def make_variant_inputs(root: Path, rows: int) -> dict[str, Path]:
+    """A folder of 3 synthetic parquet files per LAION variant (seeded by the variant's index)."""
+    out = {}
+    for seed, variant in enumerate(VARIANTS):
+        out[variant] = root / variant
+        make_inputs(out[variant], variant, files=3, rows=rows, seed=seed)
+    return out
+
+
+def run_filter_main(cli, *args: str) -> dict:
+    """Run the filter CLI's main() in-process without progress bars; returns its filter_report.json."""
+    import json
+
+    cli.main([*args, "--no_progress"])
+    out = Path(args[args.index("--output_dir") + 1])
+    return json.loads((out / "filter_report.json").read_text())
