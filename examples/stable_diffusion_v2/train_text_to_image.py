@@ -65,6 +65,7 @@ def check_args(args) -> None:
 
 def trained_model_config(args, model_cfg: dict) -> dict:
     """The model config with the flags' training target and schedule (--prediction_type, --zero_terminal_snr)."""
+    from mindone.errors import ConfigError
     from mindone.models.stable_diffusion import check_terminal_snr
 
     if args.prediction_type:
@@ -73,7 +74,7 @@ def trained_model_config(args, model_cfg: dict) -> dict:
         model_cfg = dict(model_cfg, zero_terminal_snr=args.zero_terminal_snr)
     try:
         check_terminal_snr(model_cfg.get("parameterization", "eps"), bool(model_cfg.get("zero_terminal_snr")))
-    except ValueError as err:
+    except ConfigError as err:
         raise UserError(f"--zero_terminal_snr: {err}; add --prediction_type v_prediction") from None
     return model_cfg
 

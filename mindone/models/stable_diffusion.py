@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mindspore import Tensor, nn
 
+from mindone.errors import ConfigError
 from mindone.models.text_encoder import OpenCLIPTextEncoder
 from mindone.models.unet import UNetModel
 from mindone.models.vae import AutoencoderKL, sample_posterior
@@ -29,7 +30,7 @@ class DiffusionWrapper(nn.Cell):
 def check_terminal_snr(parameterization: str, zero_terminal_snr: bool) -> None:
     """A zero terminal SNR needs v-prediction: at the last timestep eps is the input itself and x0 unknowable."""
     if zero_terminal_snr and parameterization != "v":
-        raise ValueError("zero_terminal_snr needs parameterization 'v' (v-prediction), got "
+        raise ConfigError("zero_terminal_snr needs parameterization 'v' (v-prediction), got "
                          f"{parameterization!r}")
 
 
