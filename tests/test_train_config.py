@@ -98,7 +98,7 @@ def test_cli_rejects_bad_flags_with_one_line(tmp_path, flags, message):
 def test_loader_flags_reach_the_data_stream(tmp_path):
     import importlib.util
 
-    from mindone.data.loader import build_sample_stream
+    from mindone.data.loader import build_sample_stream, steps_per_epoch
     from tests.helpers.synthetic_data import fake_tokenizer, make_clean_dataset
 
     spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
@@ -108,11 +108,14 @@ def test_loader_flags_reach_the_data_stream(tmp_path):
     args = resolve(["--data_path", str(tmp_path), "--resolution", "32", "--train_batch_size", "2",
                     "--filter_min_aesthetic", "5", "--filter_max_watermark", "0.8", "--uneven_policy", "drop",
                     "--shuffle_buffer", "3", "--shard_root", str(tmp_path)])
-    options = script.data_options(args)
+    options = script.data_config(args, rank=0, world_size=1)
     assert options["filters"] == {"min_aesthetic": 5.0, "max_pwatermark": 0.8}  # the old flag name, read as the new
     assert (options["uneven"], options["shuffle_buffer"], options["shard_root"]) == ("drop", 3, str(tmp_path))
-    stream = build_sample_stream("webdataset", tmp_path, fake_tokenizer, rank=0, world_size=1, num_workers=0,
-                                 **options)
+    assert (options["rank"], options["world_size"], options["random_crop"]) == (0, 1, True)  # no --center_crop
+    options.update(num_workers=0)
+    stream = build_sample_stream(tokenizer=fake_tokenizer, **options)
     meta = {m.key: m.meta for shard in data.shards for m in shard}
     keys = [x["key"] for x in stream]
     assert keys and all(meta[k]["AESTHETIC_SCORE"] >= 5 and meta[k]["pwatermark"] <= 0.8 for k in keys)
+    # The trainer's step count comes from the same config's epoch plan, without opening a shard.
+    assert steps_per_epoch(**options) == stream.steps_per_epoch == len(keys) // 2

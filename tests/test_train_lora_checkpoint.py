@@ -10,7 +10,7 @@ import pytest
 from mindspore import Parameter, Tensor
 
 from mindone.errors import CheckpointError
-from mindone.train.checkpoint import CheckpointManager, load_parameters, save_parameters
+from mindone.train.checkpoint import CheckpointManager, TrainMeta, load_parameters, save_parameters
 from mindone.train.lora import apply_lora, inject_lora, lora_parameters, mark_only_lora_trainable, save_lora
 from mindone.train.metrics import MetricsLogger, read_metrics
 from tests.helpers.training import MICRO_MODEL
@@ -92,20 +92,40 @@ def _params(values):
     return [(f"p{i}", Parameter(Tensor(np.full((2, 3), v, np.float32)), name=f"p{i}")) for i, v in enumerate(values)]
 
 
+def _meta(step, **changes):
+    fields = dict(global_step=step, batches_seen=step * 2, epoch=0, steps_per_epoch=100, world_size=2,
+                  train_batch_size=4, gradient_accumulation_steps=2, seed=0)
+    return TrainMeta(**{**fields, **changes})
+
+
+def test_train_meta_round_trip_and_the_changes_that_move_the_data_position(tmp_path):
+    meta = _meta(30, model_config="tiny", use_lora=True)
+    assert TrainMeta.from_json(meta.to_json()) == meta
+    assert meta.position_changes(world_size=2, train_batch_size=4, gradient_accumulation_steps=2) == []
+    assert meta.position_changes(world_size=4, train_batch_size=4, gradient_accumulation_steps=1) == [
+        ("world_size", 4, 2), ("gradient_accumulation_steps", 1, 2)]
+    broken = json.loads(meta.to_json())
+    del broken["batches_seen"]
+    with pytest.raises(CheckpointError, match="run/meta.json: missing batches_seen"):
+        TrainMeta.from_json(json.dumps(broken), "run/meta.json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        TrainMeta.from_json("{", "run/meta.json")
+
+
 def test_checkpoints_keep_last_k_and_resume_the_latest(tmp_path):
     mgr = CheckpointManager(tmp_path, total_limit=2)
     params = _params([0.0, 1.0])
     for step in (10, 20, 30):
         for _, p in params:
             p.set_data(Tensor(np.full((2, 3), step, np.float32)))
-        mgr.save(step, params, {"batches_seen": step * 2})
+        mgr.save(params, _meta(step))
     assert [s for s, _ in mgr.checkpoints()] == [20, 30]
     assert mgr.resolve("latest") == tmp_path / "checkpoints" / "checkpoint-30"
     assert mgr.resolve(None) is None
 
     restored = _params([5.0, 5.0])
     meta = mgr.load(mgr.resolve(str(tmp_path / "checkpoints" / "checkpoint-20")), restored)
-    assert meta["global_step"] == 20 and meta["batches_seen"] == 40
+    assert (meta.global_step, meta.batches_seen) == (20, 40)
     assert all(np.array_equal(p.asnumpy(), np.full((2, 3), 20.0)) for _, p in restored)
     with pytest.raises(CheckpointError, match="missing 1 parameter"):
         mgr.load(mgr.latest(), _params([0.0, 0.0, 0.0]))
@@ -116,14 +136,14 @@ def test_checkpoints_keep_last_k_and_resume_the_latest(tmp_path):
 def test_a_failed_save_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
     mgr = CheckpointManager(tmp_path)
     params = _params([1.0])
-    mgr.save(5, params, {})
+    mgr.save(params, _meta(5))
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(json, "dumps", boom)  # dies after the tensors are written, before the meta file
     with pytest.raises(OSError):
-        mgr.save(10, params, {})
+        mgr.save(params, _meta(10))
     assert [s for s, _ in mgr.checkpoints()] == [5]
     assert not (tmp_path / "checkpoints" / "checkpoint-10").exists()
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]

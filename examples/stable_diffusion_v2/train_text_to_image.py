@@ -107,25 +107,27 @@ def build_model(args, model_cfg: dict):
     return model
 
 
-def data_options(args) -> dict:
-    """The loader settings shared by the epoch-length probe and the training stream."""
+def data_config(args, rank: int, world_size: int) -> dict:
+    """The fields of :class:`mindone.data.loader_config.LoaderConfig` these flags give: one source for the
+    epoch-length plan and the training stream."""
     from mindone.train.options import DATA_FILTERS
 
     filters = {name: getattr(args, f"filter_{name}") for name, _ in DATA_FILTERS
                if getattr(args, f"filter_{name}") is not None}
-    options = dict(image_size=args.resolution, batch_size=args.train_batch_size, seed=args.seed,
-                   uneven=args.uneven_policy, filters=filters, shuffle_buffer=args.shuffle_buffer)
-    if args.shard_root:
-        options["shard_root"] = args.shard_root
+    config = dict(
+        dataset_type=args.dataset_type, data_path=args.data_path, shard_root=args.shard_root or None,
+        allow_outside_data_root=args.allow_outside_data_root, max_member_bytes=int(args.max_member_mb * (1 << 20)),
+        image_size=args.resolution, random_crop=not args.center_crop, random_flip=args.random_flip,
+        caption_dropout=args.caption_dropout, filters=filters, rank=rank, world_size=world_size,
+        num_workers=args.dataloader_num_workers, batch_size=args.train_batch_size, seed=args.seed, shuffle=True,
+        shuffle_buffer=args.shuffle_buffer, uneven=args.uneven_policy,
+    )
     if args.dataset_type == "latents":
         from mindone.data.latents import LatentInfo
 
         info = LatentInfo.of_data_path(args.data_path)
-        options["latent_shape"] = info.channels_hw
-        options["cached_text"] = uses_cached_text(args, info)
-    options["allow_outside_data_root"] = args.allow_outside_data_root
-    options["max_member_bytes"] = int(args.max_member_mb * (1 << 20))
-    return options
+        config.update(latent_shape=info.channels_hw, cached_text=uses_cached_text(args, info))
+    return config
 
 
 def uses_cached_text(args, info) -> bool:
@@ -141,11 +143,8 @@ def batch_stream(args, tokenizer, rank: int, world_size: int, start_batch: int,
 
     epoch, offset = divmod(start_batch, steps_per_epoch)
     while True:
-        dataset, _ = build_dataset(
-            args.dataset_type, args.data_path, tokenizer, rank=rank, world_size=world_size,
-            num_workers=args.dataloader_num_workers, shuffle=True, caption_dropout=args.caption_dropout,
-            random_crop=not args.center_crop, random_flip=args.random_flip, start_step=offset, epoch=epoch,
-            **data_options(args))
+        dataset, _ = build_dataset(tokenizer=tokenizer, start_step=offset, epoch=epoch,
+                                   **data_config(args, rank, world_size))
         try:
             for images, token_ids in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
                 yield epoch, images, token_ids
@@ -184,7 +183,6 @@ def init_posterior_logvar(vae, value: float) -> None:
     A trained SD VAE ends near-deterministic (logvar around -10 to -20); starting there lets a short run
     learn the reconstruction at once.
     """
-    import numpy as np
     from mindspore import Tensor
 
     bias = vae.quant_conv.bias
@@ -207,7 +205,7 @@ def graph_fingerprint(args) -> str:
 
     parts = [f"{name}={getattr(args, name)!r}" for name in GRAPH_OPTIONS]
     if args.dataset_type == "latents":  # cached text embeddings change the graph's inputs
-        parts.append(f"cached_text={data_options(args).get('cached_text')}")
+        parts.append(f"cached_text={data_config(args, 0, 1).get('cached_text')}")
     return ";".join(parts + [repr(load_model_config(args.model_config))])
 
 
@@ -224,11 +222,11 @@ def weights_digest(model) -> str:
 def train(args, dev) -> None:
     from mindspore import Tensor
 
-    from mindone.data.loader import build_dataset
+    from mindone.data.loader import steps_per_epoch as plan_steps_per_epoch
     from mindone.diffusion.schedule import NoiseSchedule
     from mindone.models.config import load_model_config
     from mindone.models.tokenizer import SDTokenizer
-    from mindone.train.checkpoint import CheckpointManager, named, save_parameters
+    from mindone.train.checkpoint import CheckpointManager, TrainMeta, named, save_parameters
     from mindone.train.ema import EMA
     from mindone.train.lora import save_lora
     from mindone.train.loss import DiffusionLoss, latent_shape, sample_step_noise
@@ -248,8 +246,7 @@ def train(args, dev) -> None:
         LatentInfo.of_data_path(args.data_path).check(resolution=args.resolution, latent_shape=shape)
 
     # Data: the per-rank epoch length fixes the step count and maps a global step to a data position.
-    _, steps_per_epoch = build_dataset(args.dataset_type, args.data_path, tokenizer, rank=dev.rank,
-                                       world_size=dev.world_size, num_workers=0, **data_options(args))
+    steps_per_epoch = plan_steps_per_epoch(**data_config(args, dev.rank, dev.world_size))
     if steps_per_epoch < 1:
         raise UserError(f"--data_path {args.data_path}: fewer samples than one batch of "
                         f"{args.train_batch_size} per rank ({dev.world_size} ranks)")
@@ -272,7 +269,7 @@ def train(args, dev) -> None:
         loss_cell = DiffusionLoss(model, NoiseSchedule(zero_terminal_snr=model.zero_terminal_snr),
                                   model.parameterization, args.snr_gamma, text_grads,
                                   from_moments=args.dataset_type == "latents",
-                                  cached_text=data_options(args).get("cached_text", False))
+                                  cached_text=data_config(args, 0, 1).get("cached_text", False))
     step_fn = TrainStep(loss_cell, optimizer, scaler, accum, args.max_grad_norm, ema)
     state = list(model.parameters_and_names()) + named(step_fn.state_parameters())
 
@@ -283,13 +280,10 @@ def train(args, dev) -> None:
         ckpts.remove_temporaries()
     if resume is not None:
         meta = ckpts.load(resume, state)
-        global_step = int(meta["global_step"])
-        expected = {"world_size": dev.world_size, "train_batch_size": args.train_batch_size,
-                    "gradient_accumulation_steps": accum}
-        for key, value in expected.items():
-            if meta.get(key) != value:
-                logger.warning("resuming with %s=%s (checkpoint: %s): the data position is approximate",
-                               key, value, meta.get(key))
+        global_step = meta.global_step
+        for key, value, saved in meta.position_changes(world_size=dev.world_size, train_batch_size=args.train_batch_size,
+                                                       gradient_accumulation_steps=accum):
+            logger.warning("resuming with %s=%s (checkpoint: %s): the data position is approximate", key, value, saved)
         logger.info("resumed from %s at step %d", resume, global_step)
     elif args.resume_from_checkpoint == "latest":
         logger.info("no checkpoint in %s: starting from step 0", ckpts.root)
@@ -328,11 +322,11 @@ def train(args, dev) -> None:
                                  overflow=int(result.overflow), step_time_s=elapsed,
                                  images_per_s=images_per_step / elapsed))
             if dev.is_main and (global_step % args.checkpointing_steps == 0 or global_step == max_steps):
-                ckpts.save(global_step, state, {
-                    "batches_seen": global_step * accum, "epoch": epoch, "steps_per_epoch": steps_per_epoch,
-                    "world_size": dev.world_size, "train_batch_size": args.train_batch_size,
-                    "gradient_accumulation_steps": accum, "seed": args.seed, "model_config": args.model_config,
-                    "pretrained_model_path": args.pretrained_model_path, "use_lora": args.use_lora})
+                ckpts.save(state, TrainMeta(
+                    global_step=global_step, batches_seen=global_step * accum, epoch=epoch,
+                    steps_per_epoch=steps_per_epoch, world_size=dev.world_size, train_batch_size=args.train_batch_size,
+                    gradient_accumulation_steps=accum, seed=args.seed, model_config=args.model_config,
+                    pretrained_model_path=args.pretrained_model_path, use_lora=args.use_lora))
             if validate is not None and (
                     global_step % args.validation_steps == 0 or global_step == max_steps):
                 validate(global_step)

@@ -6,7 +6,6 @@ import logging
 from collections import Counter
 from typing import Iterator
 
-import numpy as np
 
 from mindone.data.processing import SampleProcessor
 from mindone.data.shards import EpochPlan
@@ -30,25 +29,18 @@ class SampleStream:
         reader: ShardReader,
         processor: SampleProcessor,
         *,
-        rank: int = 0,
-        world_size: int = 1,
+        plan_args: dict,
         num_workers: int = 2,
-        batch_size: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-        shuffle_buffer: int = 1000,
-        uneven: str = "pad",
-        drop_remainder: bool = True,
         epoch: int = 0,
         start_step: int = 0,
         start_method: str = "fork",
     ) -> None:
+        """``plan_args``: the keywords of :class:`EpochPlan` (``LoaderConfig.plan_args()``); ``num_workers`` 0
+        runs the plan's one worker in this process."""
         self.reader, self.processor = reader, processor
         self.num_workers = num_workers
-        self._plan_args = dict(
-            rank=rank, world_size=world_size, num_workers=max(num_workers, 1), batch_size=batch_size, seed=seed,
-            shuffle=shuffle, shuffle_buffer=shuffle_buffer, uneven=uneven, drop_remainder=drop_remainder,
-        )
+        self._plan_args = dict(plan_args)
+        self.batch_size, self.drop_remainder = self._plan_args["batch_size"], self._plan_args["drop_remainder"]
         self.start_method = start_method
         probe = self.plan(epoch)
         self.steps_per_epoch, self.samples_per_epoch = probe.steps_per_epoch, probe.budget
@@ -70,7 +62,7 @@ class SampleStream:
     @property
     def next_epoch_samples(self) -> int:
         """Samples the next ``iter()`` yields: a full epoch, or its tail when resuming."""
-        return self.samples_per_epoch - self._start_step * self._plan_args["batch_size"]
+        return self.samples_per_epoch - self._start_step * self.batch_size
 
     def __iter__(self) -> Iterator[dict]:
         epoch, start_step = self._epoch, self._start_step

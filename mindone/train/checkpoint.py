@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Tuple
 
@@ -106,6 +107,53 @@ def load_parameters(params: NamedParams, path: str | os.PathLike, strict: bool =
     return {k: v for k, v in state.items() if k not in names}
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainMeta:
+    """What ``meta.json`` holds besides the weights: the data position and the settings that fix it.
+
+    ``batches_seen`` (micro-batches of this rank, ``global_step × gradient_accumulation_steps``) maps the
+    resumed run back to its place in the epoch plan; ``epoch`` and ``steps_per_epoch`` are for people and
+    tools. The position is exact only when :data:`POSITION_KEYS` are unchanged on resume.
+    """
+
+    global_step: int
+    batches_seen: int
+    epoch: int
+    steps_per_epoch: int
+    world_size: int
+    train_batch_size: int
+    gradient_accumulation_steps: int
+    seed: int
+    model_config: str | None = None
+    pretrained_model_path: str | None = None
+    use_lora: bool = False
+
+    # The settings whose change moves the data position (a resume with other values warns, then goes on).
+    POSITION_KEYS = ("world_size", "train_batch_size", "gradient_accumulation_steps")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=_json_default)
+
+    @classmethod
+    def from_json(cls, text: str, source: str | os.PathLike = "meta.json") -> "TrainMeta":
+        """Parse ``meta.json``; a missing field is a :class:`~mindone.errors.CheckpointError` naming it."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{source}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        names = [f.name for f in fields(cls)]
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [name for name in required if name not in raw]
+        if missing:
+            raise CheckpointError(f"{source}: missing {', '.join(missing)}")
+        return cls(**{name: raw[name] for name in names if name in raw})
+
+    def position_changes(self, **current: Any) -> list[tuple[str, Any, Any]]:
+        """``(key, current value, saved value)`` for every :data:`POSITION_KEYS` entry that differs."""
+        return [(key, current[key], getattr(self, key)) for key in self.POSITION_KEYS
+                if key in current and current[key] != getattr(self, key)]
+
+
 class CheckpointManager:
     """Saves, lists, prunes and finds training checkpoints under ``<output_dir>/checkpoints``."""
 
@@ -151,14 +199,15 @@ class CheckpointManager:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         return len(stale)
 
-    def save(self, step: int, params: NamedParams, meta: dict[str, Any]) -> Path:
-        """Write ``checkpoint-<step>`` atomically, then drop the oldest beyond ``total_limit``."""
+    def save(self, params: NamedParams, meta: TrainMeta) -> Path:
+        """Write ``checkpoint-<meta.global_step>`` atomically, then drop the oldest beyond ``total_limit``."""
+        step = meta.global_step
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"checkpoint-{step}"
         tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", suffix=".tmp", dir=self.root))
         try:
             save_parameters(params, tmp / STATE_FILE)
-            meta_text = json.dumps({**meta, "global_step": step}, indent=2, default=_json_default)
+            meta_text = meta.to_json()
             with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
                 fh.write(meta_text)
                 fh.flush()
@@ -187,11 +236,12 @@ class CheckpointManager:
             logger.info("removed old checkpoint %s", path)
 
     @staticmethod
-    def load(path: str | os.PathLike, params: NamedParams) -> dict[str, Any]:
-        """Restore ``params`` from ``path/train_state.ckpt``; returns the meta dict."""
+    def load(path: str | os.PathLike, params: NamedParams) -> TrainMeta:
+        """Restore ``params`` from ``path/train_state.ckpt``; returns its :class:`TrainMeta`."""
         path = Path(path)
+        meta = TrainMeta.from_json((path / META_FILE).read_text(encoding="utf-8"), path / META_FILE)
         load_parameters(params, path / STATE_FILE, strict=True)
-        return json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        return meta
 
 
 def _json_default(value: Any) -> Any:
