@@ -169,3 +169,22 @@ def test_fused_adamw_matches_mindcv_adamw():
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=2e-6, atol=1e-7)
     assert int(ours.global_step.asnumpy()[0]) == 4
     assert [p.name.split(".", 1)[0] for p in ours.moments1] == ["adam_m"] * 4
+
+
+def test_fused_adamw_reads_only_internals_mindcv_still_has():
+    """The mindcv / MindSpore attributes FusedAdamW relies on exist on mindcv's own AdamW; a configuration the
+    fused kernel does not cover (a clipped AdamW here) falls back to mindcv's construct and still steps."""
+    pytest.importorskip("mindcv")
+    from mindcv.optim import create_optimizer
+
+    from mindone.train.fused_adamw import MINDCV_ATTRIBUTES, FusedAdamW
+
+    ref = create_optimizer([ms.Parameter(Tensor(np.ones((2, 2), np.float32)), name="w")], opt="adamw", lr=1e-2,
+                           weight_decay=1e-2, weight_decay_filter="disable")
+    missing = [name for name in MINDCV_ATTRIBUTES if not hasattr(ref, name)]
+    assert not missing, f"mindcv's AdamW lost {missing}: FusedAdamW needs updating"
+    w = ms.Parameter(Tensor(np.ones((2, 2), np.float32)), name="w2")
+    clipped = FusedAdamW([w], learning_rate=1e-2, weight_decay=1e-2, clip=True)
+    assert not clipped.fused
+    clipped((Tensor(np.full((2, 2), 0.5, np.float32)),))
+    assert float(w.asnumpy().max()) < 1.0
