@@ -55,3 +55,31 @@ def test_stats_tool_filtered_copies_load_without_loader_filters(tmp_path):
     stream = build_sample_stream("webdataset", out, SDTokenizer(), image_size=32, batch_size=1, rank=0,
                                  world_size=1, num_workers=0, shuffle=False)
     assert [x["key"] for x in stream] == passing
+
+
+def test_annotation_csv_writer_and_reader_agree_on_names_and_quoting(tmp_path):
+    """One owner writes and reads both csv kinds: captions and file names with commas and quotes survive,
+    and the part number comes back from the name the writer chose."""
+    from mindone.data.annotations import (annotation_csv_name, part_of, read_files_annotations, read_shard_list,
+                                          resolve_annotation_files, write_annotation_csv)
+
+    (tmp_path / "part_7").mkdir()
+    odd = ["a, b.jpg", 'say "hi".jpg']
+    for name in odd:
+        (tmp_path / "part_7" / name).write_bytes(b"x")
+        (tmp_path / "part_7" / name.replace(".jpg", ".tar")).write_bytes(b"x")
+    captions = ['a red, round "thing"', "line one\nline two"]
+    files_csv = write_annotation_csv(tmp_path / annotation_csv_name(7, "files"), "files",
+                                     [(f"part_7/{n}", c) for n, c in zip(odd, captions)])
+    stats_csv = write_annotation_csv(tmp_path / annotation_csv_name(7, "latents"), "latents",
+                                     [(f"part_7/{n.replace('.jpg', '.tar')}", k + 1) for k, n in enumerate(odd)])
+    assert (files_csv.name, stats_csv.name) == ("part_7.csv", "part_7_stats.csv")
+    assert (part_of(files_csv), part_of(stats_csv), part_of(tmp_path / "all_stats.csv")) == (7, 7, None)
+    assert resolve_annotation_files(tmp_path, "webdataset") == [stats_csv]
+    files = read_files_annotations([files_csv])
+    assert [files.captions[i] for i in range(2)] == captions
+    assert [files.paths[i] for i in range(2)] == [str((tmp_path / "part_7" / n).resolve()) for n in odd]
+    shards = read_shard_list([stats_csv])
+    assert shards.sizes.tolist() == [1, 2]
+    assert [u.rsplit("/", 1)[1] for u in shards.urls] == ["a, b.tar", 'say "hi".tar']
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left

@@ -123,7 +123,7 @@ def test_training_loader_reads_what_the_tools_write(tmp_path):
 _KILL_AT = {
     "building": "write_shards",  # before any new shard exists
     "built": "write_shards:after",  # every new shard written, not yet swapped in
-    "swapped": "write_csv",  # the new part in place, its csv not yet written
+    "swapped": "write_annotation_csv",  # the new part in place, its csv not yet written
 }
 _KILLED_RUN = """
 import os

@@ -20,19 +20,19 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 import tarfile
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from mindone.data.annotations import annotation_csv_name, part_of, write_annotation_csv
+from mindone.data.wds_sample import CAPTION_EXT, META_EXT
 from mindone.utils.atomic import atomic_path, atomic_write_text
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
 from mindone.utils.config import Option, resolve_config
 
 logger = logging.getLogger("encode_latents")
-_PART = re.compile(r"^part_(\d+)(?:_stats)?\.csv$")
 
 OPTIONS = [
     Option("data_path", str, None, "image dataset root holding the annotation csvs (required)"),
@@ -80,8 +80,7 @@ def plan_units(args) -> dict[int, list[Unit]]:
     cap = int(args.max_member_mb * (1 << 20))
     parts: dict[int, list[Unit]] = {}
     for k, csv in enumerate(resolve_annotation_files(args.data_path, args.dataset_type)):
-        match = _PART.match(csv.name)
-        part = int(match.group(1)) if match else k + 1
+        part = part_of(csv) or k + 1
         units = parts.setdefault(part, [])
         if args.dataset_type == "webdataset":
             shards = read_shard_list([csv], args.shard_root, allow_outside_root=args.allow_outside_data_root)
@@ -130,7 +129,7 @@ def encode_unit(unit: Unit, *, encode, encode_text, processor, out: Path, batch_
                 members = {MOMENTS_EXT: moments_bytes(mean[i], logvar[i], dtype)}
                 if texts is not None:
                     members[TEXT_EXT] = array_bytes(texts[i], dtype)
-                members.update({ext: raw.files[ext] for ext in ("txt", "json") if ext in raw.files})
+                members.update({ext: raw.files[ext] for ext in (CAPTION_EXT, META_EXT) if ext in raw.files})
                 for ext, data in members.items():
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size, info.mode = len(data), 0o644
@@ -161,8 +160,7 @@ def write_stats_csvs(out: Path, parts: dict[int, list[Unit]]) -> list[int]:
         if not all(s.is_file() for s in sidecars):
             continue
         rows = [(u.name, json.loads(s.read_text()).get("written", 0)) for u, s in zip(units, sidecars)]
-        atomic_write_text(out / f"part_{part}_stats.csv",
-                          "file_path,num_samples\n" + "".join(f"{name},{n}\n" for name, n in rows))
+        write_annotation_csv(out / annotation_csv_name(part, "latents"), "latents", rows)
         written.append(part)
     return written
 

@@ -1,9 +1,14 @@
-"""Read the annotation files the LAION tools write (formats in docs / GUIDE).
+"""The annotation csvs: names, columns, writer and reader (the LAION tools and ``encode_latents.py`` write
+them through :func:`write_annotation_csv`, the loader reads them here).
 
 - files dataset: ``part_<N>.csv`` with columns ``dir,text``; ``dir`` is relative to the csv's folder
   (``part_1/00000/000000000.jpg``).
-- webdataset: ``part_<N>_stats.csv`` with columns ``file_path,num_samples``; ``file_path`` is relative to
-  the csv's folder (``part_1/00000.tar``) or to the user's ``shard_root``.
+- webdataset (and latents): ``part_<N>_stats.csv`` with columns ``file_path,num_samples``; ``file_path`` is
+  relative to the csv's folder (``part_1/00000.tar``) or to the user's ``shard_root``. ``all_stats.csv``
+  (same columns) may list every part at once.
+
+Files are written whole or not at all (temp file, then rename), with csv quoting, so a caption or file name
+holding a comma or a quote reads back as written.
 
 Csv values are data: what they may name (never a command, nothing outside the root unless allowed) is
 :mod:`mindone.data.locations`'s contract.
@@ -14,6 +19,7 @@ either (a comma-separated string works too).
 
 from __future__ import annotations
 
+import csv as csv_module
 import os
 import re
 from dataclasses import dataclass
@@ -25,9 +31,37 @@ import pandas as pd
 
 from mindone.data.locations import OUTSIDE_FLAG, Root, UnsafeLocation, is_under
 from mindone.errors import ConfigError, DataError
+from mindone.utils.atomic import atomic_open
 
+FILES_COLUMNS = ("dir", "text")
+STATS_COLUMNS = ("file_path", "num_samples")
+ALL_STATS_CSV = "all_stats.csv"
 _FILES_CSV = re.compile(r"^part_(\d+)\.csv$")
 _STATS_CSV = re.compile(r"^part_(\d+)_stats\.csv$")
+
+
+def annotation_csv_name(part_id: int | str, dataset_type: str) -> str:
+    """``part_<id>.csv`` (files) or ``part_<id>_stats.csv`` (webdataset, latents)."""
+    return f"part_{part_id}.csv" if dataset_type == "files" else f"part_{part_id}_stats.csv"
+
+
+def part_of(csv_path: str | os.PathLike) -> int | None:
+    """The part number an annotation csv's name gives (``part_3.csv``, ``part_3_stats.csv``: 3), else None."""
+    name = Path(csv_path).name
+    match = _FILES_CSV.match(name) or _STATS_CSV.match(name)
+    return int(match.group(1)) if match else None
+
+
+def write_annotation_csv(path: str | os.PathLike, dataset_type: str, rows: Iterable[Sequence]) -> Path:
+    """Write ``rows`` (``(dir, text)`` for files, ``(file_path, num_samples)`` otherwise) under the right header,
+    atomically: readers see the old file or the complete new one."""
+    path = Path(path)
+    header = FILES_COLUMNS if dataset_type == "files" else STATS_COLUMNS
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv_module.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
 
 
 def _part_sort_key(path: Path, pattern: re.Pattern) -> tuple[int, str]:
@@ -151,7 +185,7 @@ def read_files_annotations(csv_files: Sequence[Path], *, allow_outside_root: boo
     captions: list[PackedStrings] = []
     roots: list[str] = []
     for csv in csv_files:
-        frame = _read_csv(csv, ("dir", "text"))
+        frame = _read_csv(csv, FILES_COLUMNS)
         root = Root(str(csv.resolve().parent), "local")
         paths.append(PackedStrings([
             root.resolve(d, where=f"{csv}:{row} dir", allow_outside_root=allow_outside_root)
@@ -179,7 +213,7 @@ def read_shard_list(
     sizes: list[int] = []
     user_root = Root.parse(shard_root) if shard_root is not None else None
     for csv in csv_files:
-        frame = _read_csv(csv, ("file_path", "num_samples"))
+        frame = _read_csv(csv, STATS_COLUMNS)
         root = user_root or Root(str(csv.resolve().parent), "local")
         for row, (file_path, count) in enumerate(zip(frame["file_path"], frame["num_samples"]), start=2):
             try:

@@ -14,7 +14,6 @@ reported (``allow_outside=True``, the CLIs' ``--allow_outside_data_dir``, lists 
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import re
@@ -30,7 +29,6 @@ from mindone.data.wds_sample import META_EXT, split_name
 from mindone.errors import DataError
 from mindone.laion.sample_filters import passes
 from mindone.laion.shard_state import check_shard, read_small_file, read_stats_json, scan_files_shard
-from mindone.utils.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +72,6 @@ def remove_stale(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
-    """Write a csv atomically (temp file then rename): readers see the old file or the complete new one."""
-    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 @dataclass

@@ -19,14 +19,14 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from mindone.laion.annotations import files_part_annotations, remove_stale, select_parts, write_csv
+from mindone.data.annotations import annotation_csv_name, write_annotation_csv
+from mindone.laion.annotations import files_part_annotations, remove_stale, select_parts
 from mindone.laion.sample_filters import FILTER_OPTIONS, describe, filters_from_args
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
 from mindone.utils.config import Option, resolve_config
 from mindone.utils.config import build_parser as options_parser
 
 logger = logging.getLogger("laion_gen_csv_annot")
-HEADER = ("dir", "text")
 
 
 OPTIONS: list[Option] = [
@@ -69,12 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         skipped.update(annot.skipped)
         if args.strict and annot.problems:
             withheld.append(part_id)
-            if remove_stale(data_dir / f"part_{part_id}.csv"):
-                removed.append(str(data_dir / f"part_{part_id}.csv"))
+            if remove_stale(data_dir / annotation_csv_name(part_id, "files")):
+                removed.append(str(data_dir / annotation_csv_name(part_id, "files")))
             continue
         if not annot.rows:
             logger.warning("part %s: no captioned image in finished shards; its csv lists none (a loader skips the part)", part_id)
-        write_csv(data_dir / f"part_{part_id}.csv", HEADER, annot.rows)
+        write_annotation_csv(data_dir / annotation_csv_name(part_id, "files"), "files", annot.rows)
         total += len(annot.rows)
         logger.info("part %s: %d samples", part_id, len(annot.rows))
     skipped = +skipped

@@ -25,7 +25,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from mindone.laion.annotations import PartStats, remove_stale, select_parts, tar_part_stats, write_csv
+from mindone.data.annotations import ALL_STATS_CSV, annotation_csv_name, write_annotation_csv
+from mindone.laion.annotations import PartStats, remove_stale, select_parts, tar_part_stats
 from mindone.laion.sample_filters import FILTER_OPTIONS, describe, filters_from_args
 from mindone.laion.shard_filter import DEFAULT_MAX_MEMBER_BYTES, ShardFilterError, filter_shard
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
@@ -33,7 +34,6 @@ from mindone.utils.config import Option, resolve_config
 from mindone.utils.config import build_parser as options_parser
 
 logger = logging.getLogger("laion_gen_data_stats")
-HEADER = ("file_path", "num_samples")
 
 
 OPTIONS: list[Option] = [
@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_part_stats(root: Path, part_id: str, stats: PartStats) -> None:
-    write_csv(root / f"part_{part_id}_stats.csv", HEADER, stats.rows)
-    logger.info("%s/part_%s_stats.csv: %d shards, %d samples", root, part_id, len(stats.rows), stats.total)
+    path = write_annotation_csv(root / annotation_csv_name(part_id, "webdataset"), "webdataset", stats.rows)
+    logger.info("%s: %d shards, %d samples", path, len(stats.rows), stats.total)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # nothing is written for a part that is not clean, and an earlier csv of it must not outlive the scan
             withheld.append(part_id)
             for root in all_rows:
-                if remove_stale(root / f"part_{part_id}_stats.csv"):
-                    removed.append(str(root / f"part_{part_id}_stats.csv"))
+                if remove_stale(root / annotation_csv_name(part_id, "webdataset")):
+                    removed.append(str(root / annotation_csv_name(part_id, "webdataset")))
             continue
         if not stats.rows:
             logger.warning("part %s: no complete tar shard; its stats csv lists none (a loader skips the part)", part_id)
@@ -113,13 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             all_rows[out_dir] += filtered.rows
     if args.strict and problems:
         if args.all_stats:
-            removed += [str(root / "all_stats.csv") for root in all_rows if remove_stale(root / "all_stats.csv")]
+            removed += [str(root / ALL_STATS_CSV) for root in all_rows if remove_stale(root / ALL_STATS_CSV)]
         fate = f"removed the earlier {', '.join(removed)}" if removed else "none existed"
         raise UserError(f"{len(problems)} shard(s) left out, first: {problems[0]}; --strict: no stats csv for "
                         f"part(s) {', '.join(withheld)} ({fate})")
     if args.all_stats:
         for root, rows in all_rows.items():
-            write_csv(root / "all_stats.csv", HEADER, rows)
+            write_annotation_csv(root / ALL_STATS_CSV, "webdataset", rows)
     if out_dir is not None:
         logger.info("filters %s dropped: %s", describe(filters), dict(reasons) or "nothing")
     logger.info("%d samples in %d shards%s", sum(n for _, n in all_rows[data_dir]), len(all_rows[data_dir]),

@@ -20,7 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from mindone.laion.annotations import files_part_annotations, tar_part_stats, write_csv
+from mindone.data.annotations import annotation_csv_name, write_annotation_csv
+from mindone.laion.annotations import files_part_annotations, tar_part_stats
 from mindone.laion.own_images import build_dir_for, collect_samples, merge_counts, publish_part, sweep_leftovers, write_shards
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
 from mindone.utils.config import Option, resolve_config
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and the csv is removed before it (see publish_part), so a killed run never leaves a csv pointing at
     # shards that are gone.
     build_dir = build_dir_for(part_dir)
-    stale = [out / f"part_{args.part_id}_stats.csv", out / f"part_{args.part_id}.csv"]  # either format's csv
+    stale = [out / annotation_csv_name(args.part_id, kind) for kind in ("webdataset", "files")]  # either format's csv
     try:
         write_skips = write_shards(collected.samples, build_dir, args.output_format, args.samples_per_shard,
                                    args.image_size, image_dir)  # fmt: skip
@@ -91,12 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     prefix = f"{build_dir.name}/"
     rows = [(f"{part_dir.name}/{rel[len(prefix):]}", value) for rel, value in rows]  # paths once swapped in
-    if args.output_format == "webdataset":
-        write_csv(out / f"part_{args.part_id}_stats.csv", ("file_path", "num_samples"), rows)
-        written = sum(n for _, n in rows)
-    else:
-        write_csv(out / f"part_{args.part_id}.csv", ("dir", "text"), rows)
-        written = len(rows)
+    write_annotation_csv(out / annotation_csv_name(args.part_id, args.output_format), args.output_format, rows)
+    written = sum(n for _, n in rows) if args.output_format == "webdataset" else len(rows)
     logger.info("%d samples -> %s; skipped: %s", written, part_dir, merge_counts(collected.skipped, write_skips) or "none")
     return 0
 
