@@ -52,6 +52,21 @@ def read_loss(out: Path) -> dict[int, float]:
     return {int(r["step"]): r["loss"] for r in read_metrics(out / "metrics.csv")}
 
 
+def read_tensorboard(out: Path):
+    """The run's TensorBoard logs as TensorBoard itself reads them (orphaned points of a killed run purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
+
+    acc = EventAccumulator(str(out / "logs"), size_guidance={SCALARS: 0, IMAGES: 0})
+    acc.Reload()
+    return acc
+
+
+def tensorboard_loss(out: Path) -> dict[int, float]:
+    events = read_tensorboard(out).Scalars("train/loss")
+    assert len(events) == len({e.step for e in events}), "a step logged twice"
+    return {e.step: e.value for e in events}
+
+
 def load_state(path: Path) -> dict[str, np.ndarray]:
     import mindspore as ms
 
@@ -92,6 +107,16 @@ def test_overfit_checkpoints_and_validation_grid(run_a):
     assert grid.shape[1] == 2 * (128 + 4) + 4  # two 16 px samples side by side, enlarged 8x, 4 px gaps
     assert (run_a / "samples" / "step_0000020.png").is_file()
     assert grid.std() > 0  # an image, not a blank
+
+    # The same figures in TensorBoard (--report_to's default), read back with TensorBoard's own reader.
+    board = read_tensorboard(run_a)
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/loss_scale", "train/images_per_s"} <= set(
+        board.Tags()["scalars"])
+    tb_loss = tensorboard_loss(run_a)
+    assert sorted(tb_loss) == sorted(loss)
+    assert np.allclose([tb_loss[s] for s in loss], [loss[s] for s in loss], rtol=1e-6)  # stored as float32
+    images = board.Images("validation/samples")
+    assert [e.step for e in images] == [20, 40] and (images[-1].width, images[-1].height) == grid.shape[1::-1]
 
     saved = yaml.safe_load((run_a / "config.yaml").read_text())
     assert saved["max_train_steps"] == STEPS and saved["use_ema"] is True and saved["seed"] == 7
@@ -137,6 +162,12 @@ def test_sigkill_then_resume_matches_uninterrupted_run(setup, run_a):
     assert sorted(loss_b) == list(range(1, STEPS + 1))
     assert np.allclose([loss_b[s] for s in range(1, STEPS + 1)], [loss_a[s] for s in range(1, STEPS + 1)],
                        rtol=0, atol=1e-6)
+    # So do the TensorBoard curves: two event files, the killed run's points after step 20 purged on reading.
+    assert len(list((out / "logs").glob("events.out.tfevents.*"))) == 2
+    tb_b = tensorboard_loss(out)
+    assert sorted(tb_b) == list(range(1, STEPS + 1))
+    assert np.allclose([tb_b[s] for s in range(1, STEPS + 1)], [loss_a[s] for s in range(1, STEPS + 1)],
+                       rtol=1e-6, atol=1e-6)
     # Same seed, same data positions, same per-step noise: the final state equals the uninterrupted run's.
     # Tolerance: exact is expected (CPU kernels are deterministic run to run); 1e-6 absolute covers a
     # different thread split of float32 reductions between processes.
@@ -160,12 +191,13 @@ def test_lora_on_webdataset_with_workers_then_text_to_image(setup, run_a, tmp_pa
     out = tmp_path / "lora_run"
     args = train_args(shards, model_cfg, out, "--dataset_type", "webdataset", "--use_lora", "--lora_rank", "2",
                       "--lora_text_encoder", "--pretrained_model_path", str(run_a / "model.ckpt"))
-    args = [a for a in args if a not in ("--use_ema",)]
+    args = [a for a in args if a not in ("--use_ema",)] + ["--report_to", "none"]
     args[args.index("--ema_decay"):args.index("--ema_decay") + 2] = []
     args[args.index("--max_train_steps") + 1] = "6"
     args[args.index("--dataloader_num_workers") + 1] = "2"
     run_train(args, env, root)
 
+    assert not (out / "logs").exists()  # --report_to none: metrics.csv only
     adapters = load_state(out / "lora.ckpt")
     ups = {k: v for k, v in adapters.items() if k.endswith(".lora_up")}
     assert not any(k.endswith(".weight") for k in adapters)  # adapters only, no base weights

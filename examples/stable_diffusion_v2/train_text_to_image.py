@@ -232,6 +232,8 @@ def train(args, dev) -> None:
     from mindone.train.loss import DiffusionLoss, latent_shape, sample_step_noise
     from mindone.train.metrics import MetricsLogger
     from mindone.train.optim import build_lr_schedule, build_optimizer, scaled_learning_rate
+    from mindone.train.tensorboard import LOG_DIR as TENSORBOARD_DIR
+    from mindone.train.tensorboard import TensorBoardLogger
     from mindone.train.train_step import LossScaler, TrainStep
     from mindone.train.vae_loss import AutoencoderLoss
     from mindone.train.validation import Validator
@@ -291,11 +293,15 @@ def train(args, dev) -> None:
     logger.info("%d trainable parameters, %d steps of %d x %d x %d images, %d batches per epoch and rank",
                 sum(int(p.size) for p in trainable), max_steps, args.train_batch_size, accum, dev.world_size,
                 steps_per_epoch)
-    metrics = MetricsLogger(out, max_steps, global_step, enabled=dev.is_main)
+    tensorboard = None
+    if dev.is_main and args.report_to == "tensorboard":
+        tensorboard = TensorBoardLogger(out / TENSORBOARD_DIR, start_step=global_step)
+    metrics = MetricsLogger(out, max_steps, global_step, enabled=dev.is_main, tensorboard=tensorboard)
     validate = None
     if dev.is_main and args.validation_prompts and args.train_target == "unet":
         validate = Validator(model, tokenizer, args.validation_prompts, out, args.resolution, ema,
-                             args.validation_inference_steps, args.validation_guidance_scale, args.seed)
+                             args.validation_inference_steps, args.validation_guidance_scale, args.seed,
+                             tensorboard=tensorboard)
     batches = batch_stream(args, tokenizer, dev.rank, dev.world_size, global_step * accum, steps_per_epoch)
     images_per_step = args.train_batch_size * accum * dev.world_size
     try:

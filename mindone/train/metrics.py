@@ -1,6 +1,7 @@
 """Training metrics: one csv row per logged step, the same figures on the console and a progress bar.
 
 Only rank 0 creates a :class:`MetricsLogger` (other ranks pass ``enabled=False`` and nothing is written).
+With a :class:`~mindone.train.tensorboard.TensorBoardLogger` the same rows also go to TensorBoard.
 On resume the csv keeps the rows up to the resumed step and drops later ones (written by the killed
 run after its last checkpoint), so the file always describes one consistent run.
 """
@@ -27,9 +28,11 @@ class MetricsLogger:
     """Append metrics rows to ``<output_dir>/metrics.csv``, log them, and drive a tqdm bar."""
 
     def __init__(
-        self, output_dir: str | os.PathLike, total_steps: int, start_step: int = 0, enabled: bool = True
+        self, output_dir: str | os.PathLike, total_steps: int, start_step: int = 0, enabled: bool = True,
+        tensorboard=None,
     ) -> None:
         self.enabled = enabled
+        self.tensorboard = tensorboard if enabled else None
         self.path = Path(output_dir) / "metrics.csv"
         self._bar = None
         self._fh = None
@@ -67,10 +70,16 @@ class MetricsLogger:
             return
         self._writer.writerow({k: row.get(k, "") for k in COLUMNS})
         self._fh.flush()
+        if self.tensorboard is not None:
+            from mindone.train.tensorboard import SCALARS
+
+            self.tensorboard.scalars(row["step"], {k: row[k] for k in SCALARS if k in row})
         text = " ".join(f"{k}={_short(row[k])}" for k in COLUMNS if k in row)
         logger.info(text)
 
     def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self._bar is not None:
             self._bar.close()
         if self._fh is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mindone.data.filter_vocab import SAMPLE_FILTERS
 from mindone.train.optim import LR_SCHEDULERS
+from mindone.train.tensorboard import REPORT_TO
 from mindone.utils.config import Option
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -110,6 +111,9 @@ TRAIN_OPTIONS: list[Option] = [
     Option("validation_guidance_scale", float, 7.5, "classifier-free guidance for validation samples",
            group="run"),
     Option("logging_steps", int, 10, "write a metrics row every N optimizer steps", group="run"),
+    Option("report_to", str, "tensorboard", "where metrics rows and validation grids also go: tensorboard "
+           "(event files in <output_dir>/logs) or none (metrics.csv and the PNGs only)", choices=REPORT_TO,
+           group="run"),
     Option("seed", int, 0, "seed of weights init, data order and noise", group="run"),
     # device
     Option("mode", str, "graph", "MindSpore execution mode (graph: what Ascend runs)", choices=("graph", "pynative"),

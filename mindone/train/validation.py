@@ -23,7 +23,8 @@ class Validator:
     """
 
     def __init__(self, model, tokenizer, prompts: Sequence[str], output_dir: str | os.PathLike, image_size: int,
-                 ema=None, num_inference_steps: int = 20, guidance_scale: float = 7.5, seed: int = 0) -> None:
+                 ema=None, num_inference_steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
+                 tensorboard=None) -> None:
         from mindone.diffusion.pipeline import StableDiffusionPipeline
 
         self.pipe = StableDiffusionPipeline(model, tokenizer, image_size=image_size)
@@ -37,6 +38,7 @@ class Validator:
         self.num_inference_steps = num_inference_steps
         self.guidance_scale = guidance_scale
         self.seed = seed
+        self.tensorboard = tensorboard  # a TensorBoardLogger: each grid also goes there
 
     def __call__(self, step: int) -> Path:
         """Sample and save ``samples/step_<step>.png``; returns its path."""
@@ -46,6 +48,9 @@ class Validator:
         with swap:
             images = self.pipe(self.prompts, sampler="ddim", steps=self.num_inference_steps,
                                guidance_scale=self.guidance_scale, seed=self.seed, progress=False)
-        path = save_png(labelled_grid(images, self.prompts), self.output_dir / "samples" / f"step_{step:07d}.png")
+        grid = labelled_grid(images, self.prompts)
+        path = save_png(grid, self.output_dir / "samples" / f"step_{step:07d}.png")
+        if self.tensorboard is not None:
+            self.tensorboard.image(step, "validation/samples", grid)
         logger.info("validation samples of %d prompt(s) at step %d: %s", len(self.prompts), step, path)
         return path
