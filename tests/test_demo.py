@@ -67,8 +67,8 @@ def demo(tmp_path_factory):
 @pytest.mark.timeout(1200)
 def test_demo_runs_every_stage_and_its_model_follows_the_prompts(demo):
     root, out, proc = demo
-    for stage in range(1, 11):
-        assert f"[{stage}/10]" in proc.stdout and "finished in" in proc.stdout
+    for stage in range(1, 12):
+        assert f"[{stage}/11]" in proc.stdout and "finished in" in proc.stdout
     report = json.loads((out / "metadata_filtered" / "filter_report.json").read_text())
     assert report["rows_in"] == 1000 and report["rows_out"] == 600  # 4 rows in 10 fail one seed-001 condition
     stats = (out / "image_text_data" / "part_1_stats.csv").read_text().splitlines()
@@ -79,6 +79,10 @@ def test_demo_runs_every_stage_and_its_model_follows_the_prompts(demo):
     assert "--train_target vae" in proc.stdout
     train_cfg = yaml.safe_load((out / "train" / "config.yaml").read_text())
     assert train_cfg["pretrained_model_path"] == str(out / "vae" / "model.ckpt")
+    # ... and trained on the latents cached from that autoencoder, the same 600 samples.
+    assert (train_cfg["dataset_type"], train_cfg["data_path"]) == ("latents", str(out / "latents"))
+    latent_stats = (out / "latents" / "part_1_stats.csv").read_text().splitlines()
+    assert sum(int(r.split(",")[1]) for r in latent_stats[1:]) == 600
     assert yaml.safe_load((out / "vae" / "config.yaml").read_text())["train_target"] == "vae"
     grid = np.asarray(Image.open(out / "samples" / "grid-0000.png"))
     assert grid.ndim == 3 and grid.std() > 0
@@ -102,7 +106,7 @@ def test_second_demo_run_reuses_every_stage(demo):
     root, out, _ = demo
     before = (out / "train" / "model.ckpt").stat().st_mtime_ns
     proc = run_demo(out)
-    assert proc.stdout.count("done in an earlier run, reused") == 10
+    assert proc.stdout.count("done in an earlier run, reused") == 11
     assert (out / "train" / "model.ckpt").stat().st_mtime_ns == before
 
 
