@@ -85,6 +85,9 @@ def test_recipes_in_repo_load():
     (["--data_path", "d", "--use_lora", "--train_text_encoder"], "--lora_text_encoder"),
     (["--data_path", "d", "--lr_scheduler", "linear"], "invalid choice"),
     (["--data_path", "d", "--zero_terminal_snr"], "--zero_terminal_snr: zero_terminal_snr needs parameterization 'v'"),
+    (["--data_path", "d", "--input_perturbation", "-0.1"], "--input_perturbation -0.1: must be 0 (off) or positive"),
+    (["--data_path", "d", "--train_target", "vae", "--gradient_checkpointing"], "apply to the UNet"),
+    (["--data_path", "d", "--report_to", "wandb"], "invalid choice"),
 ])
 def test_cli_rejects_bad_flags_with_one_line(tmp_path, flags, message):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "out"), *flags],

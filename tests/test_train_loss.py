@@ -32,11 +32,11 @@ class StubLDM(nn.Cell):
         return x_t * self.unet_w + context.mean() + t.astype(ms.float32).reshape(-1, 1, 1, 1) * 1e-4
 
 
-def expected_loss(images, ids, noise, post, t, prediction, gamma):
+def expected_loss(images, ids, noise, post, t, prediction, gamma, input_noise=None):
     sched = NoiseSchedule()
     acp = sched.alphas_cumprod[t].reshape(-1, 1, 1, 1)
     lat = (images * 0.5 + 0.1 * post) * 0.18215
-    x_t = np.sqrt(acp) * lat + np.sqrt(1 - acp) * noise
+    x_t = np.sqrt(acp) * lat + np.sqrt(1 - acp) * (noise if input_noise is None else input_noise)
     pred = x_t * 0.3 + (ids * 0.01).mean() + t.reshape(-1, 1, 1, 1) * 1e-4
     target = noise if prediction == "eps" else np.sqrt(acp) * noise - np.sqrt(1 - acp) * lat
     per = ((pred - target) ** 2).reshape(len(t), -1).mean(1)
@@ -60,6 +60,32 @@ def test_loss_matches_numpy(prediction, gamma):
         want = expected_loss(images.astype(np.float64), ids, n.noise, n.posterior_noise, n.timesteps,
                              "v" if prediction.startswith("v") else "eps", gamma)
         assert float(got.asnumpy()) == pytest.approx(want, rel=2e-5)
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_input_perturbation_noises_the_input_only(prediction, mode):
+    """diffusers' --input_perturbation: x_t from noise + gamma * xi, the eps / v target from the noise alone;
+    the other draws of the step are the ones an unperturbed step makes."""
+    ms.set_context(mode=mode)
+    try:
+        rng = np.random.default_rng(0)
+        images = rng.uniform(-1, 1, (3, 4, 4, 4)).astype(np.float32)
+        ids = rng.integers(0, 100, (3, 77)).astype(np.int32)
+        plain = sample_step_noise(1, 0, 5, 0, 3, (4, 4, 4))
+        n = sample_step_noise(1, 0, 5, 0, 3, (4, 4, 4), input_perturbation=0.5)
+        for field in ("noise", "posterior_noise", "timesteps"):
+            assert np.array_equal(getattr(plain, field), getattr(n, field))
+        assert plain.input_noise is None and len(plain.inputs()) == 3 and len(n.inputs()) == 4
+        xi = (n.input_noise - n.noise) / 0.5
+        assert 0.8 < xi.std() < 1.2 and abs(xi.mean()) < 0.2  # gamma times unit-variance noise
+        loss = DiffusionLoss(StubLDM(), NoiseSchedule(), prediction)
+        got = float(loss(Tensor(images), Tensor(ids), *(Tensor(x) for x in n.inputs())).asnumpy())
+        args = (images.astype(np.float64), ids, n.noise, n.posterior_noise, n.timesteps, prediction, None)
+        assert got == pytest.approx(expected_loss(*args, input_noise=n.input_noise), rel=2e-5)
+        assert abs(got - expected_loss(*args)) > 1e-3  # the perturbation reached x_t
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)
 

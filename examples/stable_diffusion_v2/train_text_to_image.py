@@ -53,6 +53,10 @@ def check_args(args) -> None:
     if args.dataset_type == "latents" and (args.train_target == "vae" or args.random_flip):
         raise UserError("--dataset_type latents: cached latents train the UNet on fixed, unflipped crops: "
                         "drop --train_target vae / --random_flip, or train on the images")
+    if not args.input_perturbation >= 0:
+        raise UserError(f"--input_perturbation {args.input_perturbation}: must be 0 (off) or positive")
+    if args.train_target == "vae" and (args.input_perturbation or args.gradient_checkpointing):
+        raise UserError("--train_target vae: --input_perturbation and --gradient_checkpointing apply to the UNet")
     if args.train_target == "vae" and (args.use_lora or args.train_text_encoder):
         raise UserError("--train_target vae trains the autoencoder alone: drop --use_lora / --train_text_encoder")
     if args.use_lora and args.train_text_encoder:
@@ -85,6 +89,9 @@ def build_model(args, model_cfg: dict):
     from mindone.models.config import set_compute_dtype
     from mindone.train.lora import inject_lora, mark_only_lora_trainable
 
+    if args.gradient_checkpointing:  # a training setting: the saved model config keeps the yaml's value
+        model_cfg = dict(model_cfg, model=dict(model_cfg["model"], unet=dict(model_cfg["model"]["unet"],
+                                                                               use_recompute=True)))
     model = build_ldm(model_cfg)
     if args.pretrained_model_path:
         from mindone.convert import load_sd_weights
@@ -194,9 +201,9 @@ def init_posterior_logvar(vae, value: float) -> None:
 
 # Options that change the compiled train graph (for the compile-cache key); data and schedule options do not.
 GRAPH_OPTIONS = ("model_config", "resolution", "train_batch_size", "gradient_accumulation_steps", "mixed_precision",
-                 "prediction_type", "zero_terminal_snr", "snr_gamma", "max_grad_norm", "use_ema", "train_text_encoder", "use_lora",
-                 "lora_rank", "lora_alpha", "lora_text_encoder", "train_target", "mode", "device_target",
-                 "distributed", "dataset_type")
+                 "prediction_type", "zero_terminal_snr", "snr_gamma", "max_grad_norm", "gradient_checkpointing",
+                 "input_perturbation", "use_ema", "train_text_encoder", "use_lora", "lora_rank", "lora_alpha",
+                 "lora_text_encoder", "train_target", "mode", "device_target", "distributed", "dataset_type")
 
 
 def graph_fingerprint(args) -> str:
@@ -311,9 +318,9 @@ def train(args, dev) -> None:
             for micro in range(accum):
                 epoch, images, token_ids = next(batches)
                 noise = sample_step_noise(args.seed, dev.rank, global_step, micro, images.shape[0], shape,
-                                          noise_offset=args.noise_offset)
-                result = step_fn(Tensor(images), Tensor(token_ids), Tensor(noise.noise),
-                                 Tensor(noise.posterior_noise), Tensor(noise.timesteps))
+                                          noise_offset=args.noise_offset,
+                                          input_perturbation=args.input_perturbation)
+                result = step_fn(Tensor(images), Tensor(token_ids), *(Tensor(x) for x in noise.inputs()))
                 losses.append(result.loss)
             global_step += 1
             elapsed = time.perf_counter() - started

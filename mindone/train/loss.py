@@ -5,7 +5,11 @@ times the scale factor, with no gradient; text encode (frozen unless ``train_tex
 from the noise schedule; the UNet; MSE against the eps or v target; optional min-SNR-gamma weighting
 (Hang et al. 2023; eps: ``min(snr, gamma) / snr``, v: ``min(snr, gamma) / (snr + 1)``, as diffusers).
 
-The randomness of a step (timesteps, noise, the posterior sample's noise, the noise offset) is drawn
+Input perturbation (Ning et al. 2023, diffusers' ``--input_perturbation``): ``x_t`` is made from
+``noise + gamma * xi`` while the target keeps ``noise``; the perturbed noise is the loss's sixth input.
+
+The randomness of a step (timesteps, noise, the posterior sample's noise, the noise offset, the
+perturbation) is drawn
 on the host by :func:`sample_step_noise` from a generator seeded by ``(seed, rank, step, micro step)``
 and fed to the graph as inputs. A step's randomness then depends only on where the run is, not on how
 it got there, so a resumed run repeats exactly what an uninterrupted one would have done, and each rank
@@ -40,6 +44,12 @@ class StepNoise:
     noise: np.ndarray  # [B, C, h, w] float32 (noise offset included)
     posterior_noise: np.ndarray  # [B, C, h, w] float32, samples the VAE posterior
     timesteps: np.ndarray  # [B] int32 in [0, num_train_timesteps)
+    input_noise: np.ndarray | None = None  # [B, C, h, w]: noise + input_perturbation * xi, when that is on
+
+    def inputs(self) -> tuple[np.ndarray, ...]:
+        """The loss's random inputs in order: noise, posterior noise, timesteps (and the perturbed noise)."""
+        extra = () if self.input_noise is None else (self.input_noise,)
+        return (self.noise, self.posterior_noise, self.timesteps, *extra)
 
 
 def sample_step_noise(
@@ -51,8 +61,10 @@ def sample_step_noise(
     shape: tuple[int, int, int],
     num_train_timesteps: int = 1000,
     noise_offset: float = 0.0,
+    input_perturbation: float = 0.0,
 ) -> StepNoise:
-    """Timesteps and noises for one micro step, a pure function of its position in the run."""
+    """Timesteps and noises for one micro step, a pure function of its position in the run (each draw comes
+    after the ones an option-free step makes, so turning an option on leaves the others' values alone)."""
     rng = np.random.default_rng([seed, rank, step, micro_step])
     timesteps = rng.integers(0, num_train_timesteps, size=(batch_size,), dtype=np.int64).astype(np.int32)
     noise = rng.standard_normal((batch_size, *shape), dtype=np.float32)
@@ -60,11 +72,15 @@ def sample_step_noise(
     if noise_offset:
         # Offset noise (Guttenberg 2023): a per-channel constant lets the model shift the mean brightness.
         noise = noise + np.float32(noise_offset) * rng.standard_normal((batch_size, shape[0], 1, 1), dtype=np.float32)
-    return StepNoise(noise=noise, posterior_noise=posterior_noise, timesteps=timesteps)
+    input_noise = None
+    if input_perturbation:
+        input_noise = noise + np.float32(input_perturbation) * rng.standard_normal(noise.shape, dtype=np.float32)
+    return StepNoise(noise=noise, posterior_noise=posterior_noise, timesteps=timesteps, input_noise=input_noise)
 
 
 class DiffusionLoss(nn.Cell):
-    """``construct(images or moments, token_ids, noise, posterior_noise, timesteps) -> scalar loss`` (float32).
+    """``construct(images or moments, token_ids, noise, posterior_noise, timesteps[, input_noise]) -> scalar loss``
+    (float32); ``input_noise`` (input perturbation) replaces ``noise`` in ``x_t`` only, never in the target.
 
     Args:
         model: a ``LatentDiffusion`` (its parameter names are kept: this cell does not prefix them).
@@ -100,7 +116,7 @@ class DiffusionLoss(nn.Cell):
         self.train_text_encoder = train_text_encoder
 
     def construct(self, images: Tensor, token_ids: Tensor, noise: Tensor, posterior_noise: Tensor,
-                  timesteps: Tensor) -> Tensor:
+                  timesteps: Tensor, input_noise: Tensor = None) -> Tensor:
         if self.from_moments:
             mean, logvar = ops.split(images, images.shape[1] // 2, axis=1)
             latents = sample_posterior(mean, logvar, posterior_noise) * self.model.scale_factor
@@ -110,7 +126,10 @@ class DiffusionLoss(nn.Cell):
         if not self.train_text_encoder:
             context = ops.stop_gradient(context)
         noise = noise.astype(latents.dtype)
-        x_t = self.schedule.add_noise(latents, noise, timesteps)
+        if input_noise is None:
+            x_t = self.schedule.add_noise(latents, noise, timesteps)
+        else:
+            x_t = self.schedule.add_noise(latents, input_noise.astype(latents.dtype), timesteps)
         pred = self.model.apply_model(x_t, timesteps, context)
         target = self.schedule.target(latents, noise, timesteps, self.prediction_type)
         err = ops.square(pred.astype(ms.float32) - target.astype(ms.float32))

@@ -97,6 +97,11 @@ TRAIN_OPTIONS: list[Option] = [
     Option("snr_gamma", float, None, "min-SNR weighting gamma (5.0 recommended); unset: plain MSE",
            group="optimization"),
     Option("noise_offset", float, 0.0, "offset-noise scale (0.1 is common); 0: off", group="optimization"),
+    Option("input_perturbation", float, 0.0, "input perturbation (diffusers' recipe: 0.1): x_t is made from "
+           "noise + gamma * extra noise, the target keeps the noise; 0: off", group="optimization"),
+    Option("gradient_checkpointing", bool, False, "recompute the UNet's blocks in the backward pass instead of "
+           "keeping their activations: less memory, ~30%% more compute (the model yaml's use_recompute)",
+           group="optimization"),
     # checkpoints, validation, logging
     Option("output_dir", str, "output/sd2-train", "checkpoints, samples, metrics and the resolved config",
            group="run"),
