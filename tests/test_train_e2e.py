@@ -10,6 +10,7 @@ only the first pays the full graph compile.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -289,3 +290,28 @@ def test_autoencoder_stage_then_unet_from_it(setup, tmp_path):
     assert all(np.array_equal(unet_final[k], vae_final[k]) for k in vae_keys)  # frozen, carried over
     unet_keys = [k for k in vae_final if k.startswith("model.diffusion_model.")]
     assert any(not np.array_equal(unet_final[k], vae_final[k]) for k in unet_keys)
+
+
+@pytest.mark.timeout(600)
+def test_aspect_ratio_buckets_train_in_graph_mode_with_one_graph_per_size(setup, tmp_path):
+    """--aspect_ratio_buckets on webdataset shards of three aspect ratios: every batch has
+    one bucket size, GRAPH_MODE compiles each size once, and the run trains and exports as usual."""
+    from tests.helpers.synthetic_data import regular_member, write_dataset
+
+    root, _, model_cfg, env = setup
+    sizes = [(72, 36), (36, 72), (48, 48)]  # aspect 2, 1/2, 1: buckets 24x8, 8x24 and 16x16 at resolution 16
+    members = [[regular_member(s, i, size=sizes[(s * 8 + i) % 3]) for i in range(8)] for s in range(2)]
+    shards = write_dataset(tmp_path / "wds", members).root
+    out = tmp_path / "bucket_run"
+    args = train_args(shards, model_cfg, out, "--dataset_type", "webdataset", "--aspect_ratio_buckets",
+                      "--bucket_step", "8", "--bucket_window", "4", "--report_to", "none")
+    args[args.index("--max_train_steps") + 1] = "12"
+    args[args.index("--train_batch_size") + 1] = "2"
+    run_train(args, env, root)
+    log = (out / "train.log").read_text()
+    sizes = re.findall(r"batch size (\d+)x(\d+): compiling its train graph", log)
+    assert sorted(sizes) == [("16", "16"), ("24", "8"), ("8", "24")]  # each bucket size compiled once
+    loss = read_loss(out)
+    assert sorted(loss) == list(range(1, 13)) and all(np.isfinite(v) for v in loss.values())
+    assert (out / "model.ckpt").is_file()
+    assert yaml.safe_load((out / "config.yaml").read_text())["aspect_ratio_buckets"] is True

@@ -50,6 +50,10 @@ def check_args(args) -> None:
         raise UserError(f"--max_member_mb {args.max_member_mb}: must be positive")
     if args.learning_rate <= 0:
         raise UserError(f"--learning_rate {args.learning_rate}: must be positive")
+    if args.aspect_ratio_buckets:
+        if args.dataset_type == "latents":
+            raise UserError("--aspect_ratio_buckets: cached latents have one fixed size; train on the images")
+        bucket_spec(args)  # a bad combination of sides and step fails here, before anything is written
     if args.dataset_type == "latents" and (args.train_target == "vae" or args.random_flip):
         raise UserError("--dataset_type latents: cached latents train the UNet on fixed, unflipped crops: "
                         "drop --train_target vae / --random_flip, or train on the images")
@@ -101,7 +105,10 @@ def build_model(args, model_cfg: dict):
     else:
         logger.info("no --pretrained_model_path: training from random initialisation")
         if args.vae_init_logvar is not None:
+            from mindone.train.vae_loss import init_posterior_logvar
+
             init_posterior_logvar(model.first_stage_model, args.vae_init_logvar)
+            logger.info("posterior log-variance initialised at %g (--vae_init_logvar)", args.vae_init_logvar)
 
     trained = ("first_stage_model.",) if args.train_target == "vae" else (
         ("model.diffusion_model.", "cond_stage_model.") if args.train_text_encoder else ("model.diffusion_model.",))
@@ -112,6 +119,18 @@ def build_model(args, model_cfg: dict):
         mark_only_lora_trainable(model)
     set_compute_dtype(model, {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision))
     return model
+
+
+def bucket_spec(args):
+    """The aspect-ratio buckets the flags ask for (None without --aspect_ratio_buckets)."""
+    if not args.aspect_ratio_buckets:
+        return None
+    from mindone.data.buckets import BucketSpec
+
+    step = args.bucket_step
+    low = args.bucket_min_side or max(step, args.resolution // 2 // step * step)
+    return BucketSpec(resolution=args.resolution, min_side=low, max_side=args.bucket_max_side or 2 * args.resolution,
+                      step=step, max_aspect=args.bucket_max_aspect)
 
 
 def data_config(args, rank: int, world_size: int) -> dict:
@@ -127,7 +146,8 @@ def data_config(args, rank: int, world_size: int) -> dict:
         image_size=args.resolution, random_crop=not args.center_crop, random_flip=args.random_flip,
         caption_dropout=args.caption_dropout, filters=filters, rank=rank, world_size=world_size,
         num_workers=args.dataloader_num_workers, batch_size=args.train_batch_size, seed=args.seed, shuffle=True,
-        shuffle_buffer=args.shuffle_buffer, uneven=args.uneven_policy,
+        shuffle_buffer=args.shuffle_buffer, uneven=args.uneven_policy, buckets=bucket_spec(args),
+        bucket_window=args.bucket_window,
     )
     if args.dataset_type == "latents":
         from mindone.data.latents import LatentInfo
@@ -164,39 +184,14 @@ def batch_stream(args, tokenizer, rank: int, world_size: int, start_batch: int,
 
 
 def write_scaled_model_config(model, model_cfg: dict, batches, path: Path, n_batches: int = 4) -> None:
-    """ldm's ``scale_by_std``, once, at the end of an autoencoder run: the model config with ``scale_factor``
-    set to 1 / std of the posterior means of a few training batches, so the UNet sees unit-variance
-    latents (SD's 0.18215 is that figure for the released VAE). Train the UNet with this config."""
-    import numpy as np
-    from mindspore import Tensor
+    """The model config with ``scale_factor`` from a few training batches (see ``latent_scale_factor``), for
+    the UNet run that follows an autoencoder run."""
+    from mindone.train.vae_loss import latent_scale_factor
 
-    means = []
-    for _ in range(n_batches):
-        _, images, _ = next(batches)
-        mean, _ = model.first_stage_model.encode(Tensor(images))
-        means.append(mean.asnumpy().ravel())
-    std = float(np.concatenate(means).std())
-    scaled = dict(model_cfg, scale_factor=float(f"{1.0 / std:.5g}"))
-    atomic_write_text(path, yaml.safe_dump(scaled, sort_keys=False))
+    std, factor = latent_scale_factor(model.first_stage_model, [next(batches)[1] for _ in range(n_batches)])
+    atomic_write_text(path, yaml.safe_dump(dict(model_cfg, scale_factor=factor), sort_keys=False))
     logger.info("latent std %.4f: wrote %s with scale_factor %g (was %g); train the UNet with --model_config %s",
-                std, path, scaled["scale_factor"], model_cfg.get("scale_factor", 0.18215), path)
-
-
-def init_posterior_logvar(vae, value: float) -> None:
-    """Start a fresh VAE's posterior log-variance at ``value`` (the log-variance half of quant_conv's bias).
-
-    At zero init the posterior std is ~1 while the latent means are ~0.3, so every sampled latent is mostly
-    noise; Adam moves the bias by about the learning rate per step, which takes thousands of steps to undo.
-    A trained SD VAE ends near-deterministic (logvar around -10 to -20); starting there lets a short run
-    learn the reconstruction at once.
-    """
-    from mindspore import Tensor
-
-    bias = vae.quant_conv.bias
-    values = bias.asnumpy().copy()
-    values[values.shape[0] // 2:] = value
-    bias.set_data(Tensor(values, bias.dtype))
-    logger.info("posterior log-variance initialised at %g (--vae_init_logvar)", value)
+                std, path, factor, model_cfg.get("scale_factor", 0.18215), path)
 
 
 # Options that change the compiled train graph (for the compile-cache key); data and schedule options do not.
@@ -311,13 +306,20 @@ def train(args, dev) -> None:
                              tensorboard=tensorboard)
     batches = batch_stream(args, tokenizer, dev.rank, dev.world_size, global_step * accum, steps_per_epoch)
     images_per_step = args.train_batch_size * accum * dev.world_size
+    down = args.resolution // shape[1]  # the VAE's downsampling factor
+    compiled: set = set()  # image sizes whose train graph is compiled (one per bucket size in use)
     try:
         while global_step < max_steps:
             started = time.perf_counter()
             losses = []
             for micro in range(accum):
                 epoch, images, token_ids = next(batches)
-                noise = sample_step_noise(args.seed, dev.rank, global_step, micro, images.shape[0], shape,
+                if images.shape[2:] not in compiled:  # a new bucket size: GRAPH_MODE compiles its graph
+                    compiled.add(images.shape[2:])
+                    logger.info("batch size %dx%d: compiling its train graph (%d so far)", images.shape[3],
+                                images.shape[2], len(compiled))
+                batch_shape = (shape[0], images.shape[2] // down, images.shape[3] // down)
+                noise = sample_step_noise(args.seed, dev.rank, global_step, micro, images.shape[0], batch_shape,
                                           noise_offset=args.noise_offset,
                                           input_perturbation=args.input_perturbation)
                 result = step_fn(Tensor(images), Tensor(token_ids), *(Tensor(x) for x in noise.inputs()))

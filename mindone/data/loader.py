@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from mindone.data.annotations import read_files_annotations, read_shard_list, resolve_annotation_files
+from mindone.data.bucket_stream import BucketBatchStream
 from mindone.data.files_dataset import FilesReader
 from mindone.data.latents import MOMENTS_EXT, cached_empty_text
 from mindone.data.filters import SampleFilters
@@ -51,8 +52,9 @@ def _reader(config: LoaderConfig, sample_filters: SampleFilters):
 
 
 def open_stream(config: LoaderConfig, tokenizer: Callable[[Sequence[str]], np.ndarray], *, start_step: int = 0,
-                epoch: int = 0) -> SampleStream:
-    """:func:`build_sample_stream` for a ready :class:`LoaderConfig`."""
+                epoch: int = 0) -> SampleStream | BucketBatchStream:
+    """:func:`build_sample_stream` for a ready :class:`LoaderConfig`; with ``buckets``, a stream of whole
+    batches (:class:`~mindone.data.bucket_stream.BucketBatchStream`)."""
     config = config.resolved()
     sample_filters = SampleFilters.from_config(config.filters)
     latents = config.dataset_type == "latents"
@@ -60,12 +62,16 @@ def open_stream(config: LoaderConfig, tokenizer: Callable[[Sequence[str]], np.nd
         tokenizer, image_size=config.image_size, random_crop=config.random_crop and not latents,
         random_flip=config.random_flip, caption_dropout=config.caption_dropout, filters=sample_filters,
         min_image_size=config.min_image_size, seed=config.seed, inputs="latents" if latents else "images",
-        latent_shape=config.latent_shape,
+        latent_shape=config.latent_shape, buckets=config.buckets,
         empty_text=cached_empty_text(config.data_path) if config.cached_text else None,
     )
-    return SampleStream(_reader(config, sample_filters), processor, plan_args=config.plan_args(),
-                        num_workers=config.num_workers, epoch=epoch, start_step=start_step,
-                        start_method=config.start_method)
+    stream = SampleStream(_reader(config, sample_filters), processor, plan_args=config.plan_args(),
+                          num_workers=config.num_workers, epoch=epoch, start_step=start_step,
+                          start_method=config.start_method)
+    if config.buckets is None:
+        return stream
+    return BucketBatchStream(stream, config.buckets, window_batches=config.bucket_window, seed=config.seed,
+                             random_crop=config.random_crop, random_flip=config.random_flip)
 
 
 def steps_per_epoch(**config: Any) -> int:
@@ -101,6 +107,28 @@ class _ColumnsSource:
             yield sample["image"], sample["token_ids"]
 
 
+class _BatchesSource:
+    """GeneratorDataset source: whole (images, token_ids) batches of a :class:`BucketBatchStream` (their
+    size changes from batch to batch, so MindSpore does not batch them again)."""
+
+    def __init__(self, stream: BucketBatchStream) -> None:
+        self.stream = stream
+        self.length = stream.next_epoch_batches
+        self.one_epoch_only = self.length < stream.steps_per_epoch
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self.one_epoch_only and self.passes:
+            raise RuntimeError("a dataset built with start_step > 0 holds the rest of that epoch only: "
+                               "build the next epoch's dataset with start_step=0")
+        self.passes += 1
+        for batch in self.stream:
+            yield batch["images"], batch["token_ids"]
+
+
 def build_dataset(
     dataset_type: str,
     data_path: str | os.PathLike | Sequence[str | os.PathLike],
@@ -129,9 +157,9 @@ def build_dataset(
     import mindspore.dataset as ds  # heavy: only when a MindSpore dataset is wanted
 
     stream = build_sample_stream(dataset_type, data_path, tokenizer, start_step=start_step, epoch=epoch, **config)
-    dataset = ds.GeneratorDataset(
-        _ColumnsSource(stream), column_names=["images", "token_ids"], shuffle=False,
-        num_parallel_workers=1, python_multiprocessing=False,
-    )
-    dataset = dataset.batch(stream.batch_size, drop_remainder=stream.drop_remainder)
+    source = _BatchesSource(stream) if isinstance(stream, BucketBatchStream) else _ColumnsSource(stream)
+    dataset = ds.GeneratorDataset(source, column_names=["images", "token_ids"], shuffle=False,
+                                  num_parallel_workers=1, python_multiprocessing=False)
+    if isinstance(stream, SampleStream):
+        dataset = dataset.batch(stream.batch_size, drop_remainder=stream.drop_remainder)
     return dataset, stream.steps_per_epoch

@@ -11,7 +11,8 @@ trainer builds it from its flags. Fields:
 - what a sample becomes: ``image_size``, ``random_crop``, ``random_flip``, ``caption_dropout``, ``filters``
   (thresholds on the per-sample json, :mod:`mindone.data.filters`), ``min_image_size``, ``latent_shape``
   (latents: the ``(C, h, w)`` every sample must have), ``cached_text`` (latents: cached text embeddings
-  instead of token ids);
+  instead of token ids), ``buckets`` (a :class:`~mindone.data.buckets.BucketSpec`: aspect-ratio buckets, batches
+  of one size each, composed in windows of ``bucket_window`` batches);
 - how the epoch is planned (:class:`mindone.data.shards.EpochPlan`): ``rank`` / ``world_size`` (``None``:
   MindSpore communication when initialised, else ``RANK_ID`` / ``RANK_SIZE``), ``num_workers`` (decoding
   processes of this rank, 0 = in the calling process), ``batch_size``, ``seed``, ``shuffle``,
@@ -26,6 +27,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
+from mindone.data.buckets import BucketSpec
 from mindone.data.filters import SampleFilters
 from mindone.data.shards import UNEVEN_POLICIES, detect_rank_and_world_size
 from mindone.data.tar_stream import MAX_MEMBER_BYTES
@@ -53,6 +55,8 @@ class LoaderConfig:
     min_image_size: int = 32
     latent_shape: tuple[int, int, int] | None = None
     cached_text: bool = False
+    buckets: BucketSpec | None = None
+    bucket_window: int = 64
     rank: int | None = None
     world_size: int | None = None
     num_workers: int = 2
@@ -75,6 +79,11 @@ class LoaderConfig:
             raise ConfigError(f"num_workers: expected >= 0, got {self.num_workers}")
         if self.uneven not in UNEVEN_POLICIES:
             raise ConfigError(f"uneven: expected one of {', '.join(UNEVEN_POLICIES)}, got {self.uneven!r}")
+        if self.buckets is not None and (self.dataset_type == "latents" or not self.drop_remainder):
+            raise ConfigError("aspect-ratio buckets: need images (cached latents have one fixed size) and whole "
+                              "batches (drop_remainder)")
+        if self.bucket_window < 1:
+            raise ConfigError(f"bucket_window: expected >= 1, got {self.bucket_window}")
         if self.dataset_type == "latents" and self.random_flip:
             raise ConfigError("random_flip: cached latents hold one crop of each image, unflipped: train on the "
                               "images for flips (or encode flipped copies as samples of their own)")

@@ -15,12 +15,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mindone.data.buckets import BucketSpec, cover_size
 from mindone.data.caption import caption_of, clean_caption, parse_meta
 from mindone.data.decode import BadImage, decode_image
 from mindone.data.filters import SampleFilters
 from mindone.data.latents import MOMENTS_EXT, TEXT_EXT, BadLatents, read_array, read_moments
 from mindone.data.tar_stream import RawSample
-from mindone.data.transforms import hwc_to_chw, resize_crop
+from mindone.data.transforms import hwc_to_chw, resize_crop, resize_to_cover
 from mindone.data.wds_sample import CAPTION_EXT, META_EXT, image_ext
 
 Tokenizer = Callable[[Sequence[str]], np.ndarray]
@@ -42,6 +43,9 @@ class SampleProcessor:
     inputs: str = "images"  # or "latents": cached VAE moments instead of an image
     latent_shape: tuple[int, int, int] | None = None  # checked when given (latents)
     empty_text: np.ndarray | None = None  # latents with cached text: the empty caption's embedding
+    # Aspect-ratio buckets: the image is resized to cover its own bucket, uncropped, and returned HWC with
+    # its log aspect ratio; the window batcher (mindone.data.bucket_stream) crops it to its batch's bucket.
+    buckets: BucketSpec | None = None
 
     def __call__(self, raw: RawSample, epoch: int, counts: dict[str, int]) -> Processed | str:
         meta = parse_meta(raw.files.get(META_EXT))
@@ -66,6 +70,8 @@ class SampleProcessor:
             if ext is None:
                 return "missing_image"
             data = raw.files[ext]
+            if self.buckets is not None:
+                return self._bucketed(raw, data, caption, rng)
             try:
                 image = decode_image(data, self.image_size, self.min_image_size)
             except BadImage as bad:
@@ -85,3 +91,25 @@ class SampleProcessor:
                 return "corrupt_latents"
         tokens = np.asarray(self.tokenizer(["" if dropped else caption]), dtype=np.int32)[0]
         return raw.key, array, tokens
+
+    def _bucketed(self, raw: RawSample, data: bytes, caption: str, rng: np.random.Generator):
+        """``(key, uint8 HWC covering the sample's bucket, token ids, log aspect)`` or a skip reason."""
+        import io
+
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as header:  # the size, from the header only
+                width, height = header.size
+        except Exception:  # noqa: BLE001  decode_image below names the reason
+            width = height = 0
+        log_aspect = float(np.log(width / height)) if width and height else 0.0
+        bucket = self.buckets.sizes[int(self.buckets.nearest(log_aspect))]
+        cover = cover_size(width, height, bucket) if width and height else bucket
+        try:
+            image = decode_image(data, min(cover), self.min_image_size)
+        except BadImage as bad:
+            return bad.reason
+        dropped = self.caption_dropout > 0 and rng.random() < self.caption_dropout
+        tokens = np.asarray(self.tokenizer(["" if dropped else caption]), dtype=np.int32)[0]
+        return raw.key, resize_to_cover(image, cover_size(*image.size, bucket)), tokens, log_aspect

@@ -64,10 +64,23 @@ class SampleStream:
         """Samples the next ``iter()`` yields: a full epoch, or its tail when resuming."""
         return self.samples_per_epoch - self._start_step * self.batch_size
 
-    def __iter__(self) -> Iterator[dict]:
+    @property
+    def position(self) -> tuple[int, int]:
+        """``(epoch, start_step)`` where the next ``iter()`` starts."""
+        return self._epoch, self._start_step
+
+    def seek(self, epoch: int, start_step: int) -> None:
+        """Start the next ``iter()`` at batch ``start_step`` of ``epoch``."""
+        self._epoch, self._start_step = epoch, start_step
+
+    def iter_processed(self) -> Iterator[tuple]:
+        """The next epoch (from the current position) as the processor's tuples, in stream order."""
         epoch, start_step = self._epoch, self._start_step
         self._epoch, self._start_step = epoch + 1, 0
-        for key, pixels, tokens in self._iter_epoch(epoch, start_step):
+        yield from self._iter_epoch(epoch, start_step)
+
+    def __iter__(self) -> Iterator[dict]:
+        for key, pixels, tokens in self.iter_processed():
             yield {"key": key, "image": to_model_input(pixels), "token_ids": tokens}
 
     def _iter_epoch(self, epoch: int, start_step: int) -> Iterator[tuple]:

@@ -35,6 +35,32 @@ def resize_crop(
     return np.asarray(out, dtype=np.uint8)
 
 
+def resize_to_cover(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """``image`` resized to ``size`` (width, height; a cover size of its bucket, aspect kept); uint8 HWC."""
+    if image.size != tuple(size):
+        image = image.resize(tuple(size), RESAMPLE)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def crop_to_bucket(
+    pixels: np.ndarray, bucket: tuple[int, int], rng: np.random.Generator | None = None, flip: bool = False
+) -> np.ndarray:
+    """uint8 HWC ``pixels`` resized to cover ``bucket`` (width, height) if it does not yet, then cropped to it
+    (centred, or uniformly random with ``rng``) and mirrored with ``flip``; uint8 HWC."""
+    from mindone.data.buckets import cover_size
+
+    height, width = pixels.shape[:2]
+    if width < bucket[0] or height < bucket[1] or (width > bucket[0] and height > bucket[1]):
+        pixels = resize_to_cover(Image.fromarray(pixels), cover_size(width, height, bucket))
+        height, width = pixels.shape[:2]
+    if rng is None:
+        left, top = (width - bucket[0]) // 2, (height - bucket[1]) // 2
+    else:
+        left, top = int(rng.integers(0, width - bucket[0] + 1)), int(rng.integers(0, height - bucket[1] + 1))
+    out = pixels[top:top + bucket[1], left:left + bucket[0]]
+    return np.ascontiguousarray(out[:, ::-1] if flip else out)
+
+
 def hwc_to_chw(pixels: np.ndarray) -> np.ndarray:
     """uint8 HWC -> C-contiguous uint8 CHW (done in the workers: a quarter of the bytes of float32)."""
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))

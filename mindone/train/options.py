@@ -28,6 +28,14 @@ TRAIN_OPTIONS: list[Option] = [
     Option("random_flip", bool, False, "random horizontal flip", group="data"),
     Option("caption_dropout", float, 0.0, "probability of an empty caption (classifier-free guidance; "
            "0.1 in SD training)", group="data"),
+    Option("aspect_ratio_buckets", bool, False, "keep images' aspect ratios: bucket sizes of area <= resolution^2 "
+           "(sd-scripts' --enable_bucket), each batch from one bucket (docs/training.md)", group="data"),
+    Option("bucket_min_side", int, None, "smallest bucket side in px; unset: resolution / 2", group="data"),
+    Option("bucket_max_side", int, None, "largest bucket side in px; unset: resolution * 2", group="data"),
+    Option("bucket_step", int, 64, "bucket sides are multiples of this (a multiple of 8)", group="data"),
+    Option("bucket_max_aspect", float, 4.0, "largest bucket aspect ratio (long side / short side)", group="data"),
+    Option("bucket_window", int, 64, "batches composed together: samples of one window are grouped by bucket "
+           "(memory: window x batch decoded images)", group="data"),
     Option("dataloader_num_workers", int, 2, "data loading worker processes per rank", group="data"),
     Option("shard_root", str, None, "webdataset: where the stats csv's relative shard paths live, if not beside "
            "the csv: a folder, a URL prefix, or a template with {} for the path, e.g. "

@@ -8,7 +8,10 @@ without its perceptual and adversarial terms: per-pixel L1 reconstruction of a p
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, nn, ops
 
 from mindone.models.vae import sample_posterior
@@ -35,3 +38,26 @@ class AutoencoderLoss(nn.Cell):
         kl = 0.5 * (ops.square(mean) + ops.exp(logvar) - 1.0 - logvar)
         kl_per_sample = kl.reshape(kl.shape[0], -1).sum(axis=1).mean()
         return rec_loss + self.kl_weight * kl_per_sample
+
+
+def latent_scale_factor(vae, image_batches: Sequence[np.ndarray]) -> tuple[float, float]:
+    """ldm's ``scale_by_std``: ``(std, 1 / std)`` of the posterior means of ``image_batches`` (float32 NCHW in
+    [-1, 1]), the factor (5 significant digits) that gives the UNet unit-variance latents (SD's 0.18215 is
+    that figure for the released VAE)."""
+    means = [vae.encode(Tensor(images))[0].asnumpy().ravel() for images in image_batches]
+    std = float(np.concatenate(means).std())
+    return std, float(f"{1.0 / std:.5g}")
+
+
+def init_posterior_logvar(vae, value: float) -> None:
+    """Start a fresh VAE's posterior log-variance at ``value`` (the log-variance half of quant_conv's bias).
+
+    At zero init the posterior std is ~1 while the latent means are ~0.3, so every sampled latent is mostly
+    noise; Adam moves the bias by about the learning rate per step, which takes thousands of steps to undo.
+    A trained SD VAE ends near-deterministic (logvar around -10 to -20); starting there lets a short run
+    learn the reconstruction at once.
+    """
+    bias = vae.quant_conv.bias
+    values = bias.asnumpy().copy()
+    values[values.shape[0] // 2:] = value
+    bias.set_data(Tensor(values, bias.dtype))
