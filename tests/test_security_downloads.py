@@ -280,15 +280,12 @@ def _answers(host: str, port: int) -> bool:
 def test_local_servers_bind_loopback_only(tmp_path):
     import urllib.parse
 
-    sys.path.insert(0, str(REPO / "examples" / "demo"))
-    from static_server import serve_directory
-
-    from tests.helpers.image_server import ImageServer, serve_folder
+    from mindone.utils.loopback import serve_directory
+    from tests.helpers.image_server import ImageServer
 
     outside = _outside_address()
-    with ImageServer() as plain, ImageServer(https=True) as tls, serve_folder(tmp_path) as folder, \
-            serve_directory(tmp_path) as demo:  # fmt: skip
-        for base in (plain.base_url, tls.base_url, folder, demo):
+    with ImageServer() as plain, ImageServer(https=True) as tls, serve_directory(tmp_path) as demo:
+        for base in (plain.base_url, tls.base_url, demo):
             url = urllib.parse.urlsplit(base)
             assert url.hostname == "127.0.0.1" and _answers("127.0.0.1", url.port), base
             if outside is not None:  # the same port on the machine's network address: nobody there

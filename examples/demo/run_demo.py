@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prompt_score import SCORE_SEED, score_prompts, summary_line, write_score  # noqa: E402
 from sample_data import make_sample  # noqa: E402
-from static_server import serve_directory  # noqa: E402
+from mindone.utils.loopback import serve_directory  # noqa: E402
 
 TOOLS = REPO / "tools" / "laion_data_utils"
 EXAMPLES = REPO / "examples" / "stable_diffusion_v2"

@@ -1,4 +1,4 @@
-"""A fault-injecting image server on 127.0.0.1 for download tests, plus a plain folder server for demos.
+"""A fault-injecting image server on 127.0.0.1 for download tests.
 
 :class:`ImageServer` serves generated JPEGs and, on purpose, every failure a LAION download meets:
 
@@ -19,21 +19,22 @@ path                   behaviour                                                
 
 With ``https=True`` the same routes are served over TLS with a self-signed certificate made at start
 (openssl CLI, else the ``cryptography`` package). Use as a context manager; everything stops on exit.
+Starting, TLS and stopping are :mod:`mindone.utils.loopback`'s; this module only decides the routes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import shutil
 import ssl
 import subprocess
 import tempfile
 import threading
-from http.server import SimpleHTTPRequestHandler, BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Iterator
+
+from mindone.utils.loopback import LoopbackServer, serve
 
 GOOD_SIZE_BASE = (40, 30)
 BIG_SIZE = (160, 120)
@@ -90,22 +91,8 @@ def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    ssl_context: ssl.SSLContext | None = None
-
-    def handle_error(self, request, client_address) -> None:  # clients aborting (bad cert, timeouts) are expected
-        pass
-
-
 class _FaultHandler(BaseHTTPRequestHandler):
-    server: "_Server"
     owner: "ImageServer"
-
-    def setup(self) -> None:
-        if self.server.ssl_context is not None:  # handshake in the handler thread, not the accept loop
-            self.request = self.server.ssl_context.wrap_socket(self.request, server_side=True)
-        super().setup()
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - keep test output quiet
         pass
@@ -185,8 +172,8 @@ class ImageServer:
         self._images: dict[tuple, bytes] = {}
         self._lock = threading.Lock()
         self._tmp: tempfile.TemporaryDirectory | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._running = contextlib.ExitStack()
+        self._server: LoopbackServer | None = None
         self.cert_file: Path | None = None  # the self-signed certificate (https), e.g. for SSL_CERT_FILE
 
     def image(self, size: tuple[int, int], n: int) -> bytes:
@@ -199,8 +186,7 @@ class ImageServer:
     @property
     def base_url(self) -> str:
         assert self._server is not None, "server not started"
-        scheme = "https" if self.https else "http"
-        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.base_url
 
     def url(self, route: str, n: int = 0) -> str:
         suffix = ".jpg" if route in ("good", "big", "oversized", "noai") else ""
@@ -208,25 +194,20 @@ class ImageServer:
 
     def start(self) -> "ImageServer":
         handler = type("Handler", (_FaultHandler,), {"owner": self})
-        self._server = _Server(("127.0.0.1", 0), handler)
+        tls = None
         if self.https:
             self._tmp = tempfile.TemporaryDirectory(prefix="image_server_")
             cert, key = make_self_signed_cert(Path(self._tmp.name))
             self.cert_file = cert
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(cert, key)
-            self._server.ssl_context = ctx
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.load_cert_chain(cert, key)
+        # clients aborting (a refused certificate, a timeout) are part of the tests: no tracebacks for them
+        self._server = self._running.enter_context(serve(handler, tls=tls, quiet_errors=True))
         return self
 
     def stop(self) -> None:
-        self.stop_event.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.stop_event.set()  # releases the /stall handlers first
+        self._running.close()
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -235,45 +216,3 @@ class ImageServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def serve_folder(folder: str | Path, port: int = 0) -> Iterator[str]:
-    """Serve ``folder`` over plain HTTP on 127.0.0.1; yields the base URL (``http://127.0.0.1:<port>``).
-
-    For demos: write a parquet whose URL column points at ``<base>/<file name>`` and download it with
-    laion_download_imgs.sh.
-    """
-    handler = functools.partial(type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}), directory=str(folder))
-    server = _Server(("127.0.0.1", port), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def main() -> None:
-    """``python tests/helpers/image_server.py --folder DIR [--port 8000]``: serve DIR until interrupted (demos)."""
-    import argparse
-    import signal
-
-    parser = argparse.ArgumentParser(description="Serve a folder over HTTP on 127.0.0.1 (for demos).")
-    parser.add_argument("--folder", required=True, help="folder to serve")
-    parser.add_argument("--port", type=int, default=0, help="port (default: a free one, printed)")
-    args = parser.parse_args()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with serve_folder(args.folder, args.port) as base:
-        print(base, flush=True)
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
-            pass
-
-
-if __name__ == "__main__":
-    main()
