@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,8 @@ from mindone.models.config import build_model, load_model_config  # noqa: E402
 from mindone.utils.cli import ONE_LINE_ERRORS, UserError  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "model_conversion" / "convert_weights.py"
-sys.path.insert(0, str(SCRIPT.parent))
-from convert_weights import main  # noqa: E402
+CONVERT_WEIGHTS = runpy.run_path(str(SCRIPT))  # the script's globals: it is a script, not a module
+main = CONVERT_WEIGHTS["main"]
 
 # what released SD 2.x files carry beyond the model: EMA copies, OpenCLIP's last block and heads
 EXTRAS = {"model_ema.decay": np.array(0.9999, np.float32), "model_ema.num_updates": np.array(10, np.int32),
@@ -145,8 +146,7 @@ def test_cli_argument_errors_are_one_line(tmp_path):
 
 
 def test_build_parser_exposes_every_flag_and_parse_args_uses_it():
-    from convert_weights import build_parser, parse_args
-
+    build_parser, parse_args = CONVERT_WEIGHTS["build_parser"], CONVERT_WEIGHTS["parse_args"]
     parser = build_parser()
     assert isinstance(parser, argparse.ArgumentParser) and build_parser() is not parser
     flags = {flag for action in parser._actions for flag in action.option_strings}

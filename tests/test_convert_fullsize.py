@@ -54,8 +54,8 @@ report()
 """
 
 CONVERT = _PRELUDE + """
-sys.path.insert(0, "tools/model_conversion")
-from convert_weights import main
+import runpy
+main = runpy.run_path("tools/model_conversion/convert_weights.py")["main"]  # run from the checkout (cwd=REPO)
 main(["--source", sys.argv[1]])
 report()
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -48,15 +49,11 @@ def shell_commands(markdown: str) -> list[str]:
 
 def parser_flags(script: str) -> set[str]:
     """Every option string the tool's parser accepts, read through the CLI reference generator."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import gen_cli_reference as gen
-    finally:
-        sys.path.pop(0)
+    load_parser = runpy.run_path(str(REPO / "scripts" / "gen_cli_reference.py"))["load_parser"]
     if script == "examples/stable_diffusion_v2/train_text_to_image.py":
-        parser = gen.load_parser(None, "train")
+        parser = load_parser(None, "train")
     else:
-        parser = gen.load_parser(script, "build_parser")
+        parser = load_parser(script, "build_parser")
     return {s for action in parser._actions for s in action.option_strings}  # noqa: SLF001
 
 

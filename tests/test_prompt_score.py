@@ -1,24 +1,21 @@
-"""The demo's prompt scorer (examples/demo/prompt_score.py) and the readable grids (labelled_grid)."""
+"""The demo's prompt scorer (mindone/demo/prompt_score.py) and the readable grids (labelled_grid)."""
 
 from __future__ import annotations
 
 import random
-import sys
+import runpy
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from mindone.demo.prompt_score import (PALETTE_NAMES, parse_prompt, read_samples, score_images, score_prompts,
+                                       write_score)
+from mindone.demo.scenes import COLORS, SHAPES, draw_scene
+from mindone.utils.images import labelled_grid, save_png
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "examples" / "demo"))
-
-from prompt_score import (PALETTE_NAMES, parse_prompt, read_samples, score_images, score_prompts,  # noqa: E402
-                          write_score)
-from run_demo import PROMPTS  # noqa: E402
-from sample_data import COLORS, SHAPES, draw_scene  # noqa: E402
-
-from mindone.utils.images import labelled_grid, save_png  # noqa: E402
 
 
 def scenes(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, list[str]]:
@@ -56,7 +53,8 @@ def test_scorer_on_flat_and_swapped_images():
 
 def test_score_prompts_cover_the_palette_and_differ_from_the_grid():
     prompts = score_prompts()
-    assert len(set(prompts)) == 16 and not set(prompts) & set(PROMPTS)
+    grid_prompts = runpy.run_path(str(REPO / "examples" / "demo" / "run_demo.py"))["PROMPTS"]  # a script, not a module
+    assert len(set(prompts)) == 16 and not set(prompts) & set(grid_prompts)
     parsed = [parse_prompt(p) for p in prompts]
     assert all(color != background for color, _, background in parsed)
     for name in PALETTE_NAMES:

@@ -33,10 +33,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prompt_score import SCORE_SEED, score_prompts, summary_line, write_score  # noqa: E402
-from sample_data import make_sample  # noqa: E402
+from mindone.demo.prompt_score import SCORE_SEED, score_prompts, summary_line, write_score  # noqa: E402
+from mindone.demo.scenes import make_sample  # noqa: E402
 from mindone.utils.loopback import serve_directory  # noqa: E402
 
 TOOLS = REPO / "tools" / "laion_data_utils"

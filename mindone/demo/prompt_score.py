@@ -1,9 +1,9 @@
 """Does the demo's model follow its prompts? Score generated images against what their prompt names.
 
-Every prompt of the demo reads "a {color} {shape} on a {background} background" (see sample_data.py).
+Every prompt of the demo reads "a {color} {shape} on a {background} background" (see scenes.py).
 For each image:
   centre colour  the palette colour (nearest in RGB) that most pixels of a small patch just below the
-                 centre are closest to; the shapes of sample_data.draw_scene cover most of that patch
+                 centre are closest to; the shapes of scenes.draw_scene cover most of that patch
   border colour  the same over a frame along the image edge, which the shapes never reach
   shape          the pixels closer to the predicted centre colour than to the predicted border colour form a
                  mask; the shape is the template (circle, square or triangle, drawn by draw_scene's geometry
@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sample_data import COLORS, SHAPES
+from mindone.demo.scenes import COLORS, SHAPES
 
 PROMPT_RE = re.compile(r"^a (\w+) (\w+) on a (\w+) background$")
 PALETTE_NAMES = sorted(COLORS)
