@@ -15,6 +15,8 @@ from mindone.laion.synthetic_metadata import write_synthetic_metadata
 from tests.helpers.metadata import DOWNLOAD_CLI, run_cli
 from tests.helpers.tools import load_tool
 
+from mindone.utils.cli import ONE_LINE_ERRORS  # noqa: E402
+
 cli = load_tool("laion_download_metadata")
 
 FAST = RetryPolicy(retries=3, backoff=0.01, max_backoff=0.02, timeout=5)
@@ -116,7 +118,7 @@ def _gets(srv, name):
 
 @pytest.mark.timeout(60)
 def test_download_parts_then_skip_complete(server, files, tmp_path):
-    args = ["--base_url", server.url, "--parts", "1-2,3", "--output_dir", str(tmp_path), "--no_progress"]
+    args = ["--subset", "improved_aesthetics_4.5plus", "--base_url", server.url, "--parts", "1-2,3", "--output_dir", str(tmp_path), "--no_progress"]
     assert cli.main(args) == 0
     for name, data in files.items():
         assert (tmp_path / name).read_bytes() == data
@@ -179,7 +181,7 @@ def test_gives_up_after_retries_and_keeps_no_final_file(server, tmp_path):
 
 @pytest.mark.timeout(60)
 def test_404_is_reported_clearly(server, tmp_path):
-    proc = run_cli(DOWNLOAD_CLI, "--base_url", server.url, "--parts", "1-4", "--output_dir", str(tmp_path),
+    proc = run_cli(DOWNLOAD_CLI, "--subset", "improved_aesthetics_4.5plus", "--base_url", server.url, "--parts", "1-4", "--output_dir", str(tmp_path),
                    "--no_progress", "--retries", "2", "--backoff", "0.01", "--workers", "2")
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
@@ -191,14 +193,24 @@ def test_404_is_reported_clearly(server, tmp_path):
 
 
 def test_file_pattern_override_and_dry_run(tmp_path, capsys):
-    cli.main(["--subset", "laion-high-resolution", "--parts", "1,128", "--output_dir", str(tmp_path), "--dry_run"])
+    cli.main(["--parts", "1,128", "--output_dir", str(tmp_path), "--dry_run"])  # the default: Re-LAION research-safe
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("https://huggingface.co/datasets/laion/laion-high-resolution/resolve/main/part-00000-")
-    assert "part-00127-" in lines[1]
+    assert lines[0].startswith("https://huggingface.co/datasets/laion/relaion2B-en-research-safe/resolve/main/"
+                               "part-00000-339dc23d-0869-4dc0-9390-b4036fcc80c2-c000.snappy.parquet")
+    assert "part-00127-" in lines[1] and len(lines) == 2
     cli.main(["--subset", "laion-art", "--base_url", "http://mirror/x/", "--file_pattern", "art_{n:03d}.parquet",
               "--num_files", "4", "--parts", "2-3", "--output_dir", str(tmp_path), "--dry_run"])
     out = capsys.readouterr().out.splitlines()
     assert [ln.split(" -> ")[0] for ln in out] == ["http://mirror/x/art_002.parquet", "http://mirror/x/art_003.parquet"]
+
+
+@pytest.mark.parametrize("subset", ["improved_aesthetics_4.5plus", "laion-art", "laion2B-en-joined",
+                                    "laion-high-resolution"])
+def test_a_withdrawn_subset_without_a_mirror_says_what_to_use_instead(tmp_path, subset):
+    with pytest.raises(ONE_LINE_ERRORS, match=rf"--subset {subset}: withdrawn by LAION on 2023-12-19.*--base_url.*"
+                                               r"relaion2B-en-research-safe"):
+        cli.main(["--subset", subset, "--output_dir", str(tmp_path / "out"), "--dry_run"])
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.timeout(60)

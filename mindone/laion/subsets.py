@@ -3,6 +3,13 @@
 Each subset is a list of parquet files on the Hugging Face Hub. A file is addressed by a 1-based part
 number, so ``--parts 1-8,12`` means the same thing for every subset, whatever the on-disk numbering
 (``2B-en-4.5_1.parquet`` starts at 1, ``part-00000-...`` starts at 0).
+
+What still exists (docs/data_preparation.md cites the sources): LAION took every LAION-5B dataset down on
+2023-12-19 and re-released the collection in 2024 as Re-LAION-5B, gated on the Hub (accept the terms on the
+dataset page, then pass a token: ``--token`` / ``$HF_TOKEN``). The Re-LAION subsets here are the English
+ones whose file names were confirmed (128 files ``part-000NN-<uuid>-c000.snappy.parquet``, lowercase
+img2dataset columns, no aesthetic score). The withdrawn subsets keep their names for users who hold a
+mirror: they need ``--base_url``; without it the tool stops with a line saying what to use instead.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ class Subset:
     num_parts: int
     first_index: int  # on-disk number of part 1
     columns: tuple[str, ...]
+    withdrawn: str | None = None  # why the Hub URL no longer serves it (then a --base_url mirror is needed)
+    gated: bool = False  # the Hub wants the terms accepted and a token
 
     def file_name(self, part: int) -> str:
         """File name of 1-based ``part``: one plain name, so the file lands in the output folder itself."""
@@ -36,9 +45,34 @@ class Subset:
         return name
 
 
+WITHDRAWN = "withdrawn by LAION on 2023-12-19 (LAION-5B safety review)"
+# Re-LAION's columns (an img2dataset output): url, caption, the resized and original sizes, and the scores.
+RELAION_COLUMNS = ("url", "similarity", "hash", "pwatermark", "punsafe", "caption", "key", "status", "error_message",
+                   "width", "height", "original_width", "original_height", "exif", "md5")
+
 SUBSETS: dict[str, Subset] = {
     s.name: s
     for s in (
+        # Re-LAION-5B research-safe, English: the default (rows with p_unsafe > 0.45 removed).
+        Subset(
+            "relaion2B-en-research-safe",
+            f"{HF}/laion/relaion2B-en-research-safe/resolve/main",
+            "part-{n:05d}-339dc23d-0869-4dc0-9390-b4036fcc80c2-c000.snappy.parquet",
+            128,
+            0,
+            RELAION_COLUMNS,
+            gated=True,
+        ),
+        # Re-LAION-5B research, English (a superset of research-safe; for research use, see its terms).
+        Subset(
+            "relaion2B-en-research",
+            f"{HF}/laion/relaion2B-en-research/resolve/main",
+            "part-{n:05d}-b31ba513-fc6b-4450-9ba4-a1bba183f408-c000.snappy.parquet",
+            128,
+            0,
+            RELAION_COLUMNS,
+            gated=True,
+        ),
         Subset(
             "improved_aesthetics_4.5plus",
             f"{HF}/ChristophSchuhmann/improved_aesthetics_4.5plus/resolve/main",
@@ -47,6 +81,7 @@ SUBSETS: dict[str, Subset] = {
             1,
             ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "punsafe", "pwatermark", "AESTHETIC_SCORE", "hash",
              "__index_level_0__"),
+            withdrawn=WITHDRAWN,
         ),
         Subset(
             "laion-art",
@@ -55,6 +90,7 @@ SUBSETS: dict[str, Subset] = {
             1,
             1,
             ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "LANGUAGE", "hash", "pwatermark", "punsafe", "aesthetic"),
+            withdrawn=WITHDRAWN,
         ),
         Subset(
             "laion2B-en-joined",
@@ -63,6 +99,7 @@ SUBSETS: dict[str, Subset] = {
             128,
             0,
             ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "hash", "punsafe", "pwatermark"),
+            withdrawn=WITHDRAWN,
         ),
         # File pattern as published in img2dataset's laion-high-resolution guide (128 files, 170M rows).
         Subset(
@@ -72,9 +109,13 @@ SUBSETS: dict[str, Subset] = {
             128,
             0,
             ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "LANGUAGE", "hash", "pwatermark", "punsafe"),
+            withdrawn=WITHDRAWN,
         ),
     )
 }
+
+
+DEFAULT_SUBSET = "relaion2B-en-research-safe"
 
 
 def get_subset(name: str, pattern: str | None = None, num_parts: int | None = None,
@@ -84,7 +125,14 @@ def get_subset(name: str, pattern: str | None = None, num_parts: int | None = No
         raise ConfigError(f"--subset: unknown subset {name!r}; known: {', '.join(SUBSETS)}")
     s = SUBSETS[name]
     return Subset(s.name, s.base_url, pattern or s.pattern, num_parts or s.num_parts,
-                  s.first_index if first_index is None else first_index, s.columns)
+                  s.first_index if first_index is None else first_index, s.columns, s.withdrawn, s.gated)
+
+
+def check_source(subset: Subset, base_url: str | None) -> None:
+    """A withdrawn subset needs a mirror: ConfigError naming the replacement when no ``base_url`` is given."""
+    if subset.withdrawn and not base_url:
+        raise ConfigError(f"--subset {subset.name}: {subset.withdrawn}; its Hub files are gone. Pass --base_url "
+                          f"<your mirror>, or use --subset {DEFAULT_SUBSET} (Re-LAION-5B, docs/data_preparation.md)")
 
 
 def parse_parts(spec: str | None, num_parts: int) -> list[int]:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from mindone.data.filter_vocab import COLUMN_ALIASES
 from mindone.laion import img2dataset_launch as launch
 from mindone.laion.shard_state import done_shard_names, prepare_resume
 from mindone.laion.url_guard import UrlGuardError, http_only_kwargs
@@ -62,8 +63,10 @@ OPTIONS: list[Option] = [
     _option("timeout", int, 10, "seconds to wait for one image"),
     _option("retries", int, 0, "extra attempts per failed URL"),
     _option("number_sample_per_shard", int, 10000, "rows per shard (keep it fixed across reruns of a part)"),
-    _option("url_col", default="URL", help_="url column of the metadata"),
-    _option("caption_col", default="TEXT", help_="caption column of the metadata"),
+    _option("url_col", default="auto", help_="url column of the metadata; auto: the first of "
+            + "/".join(COLUMN_ALIASES["url"]) + " present (URL in LAION-5B, url in Re-LAION)"),
+    _option("caption_col", default="auto", help_="caption column of the metadata; auto: the first of "
+            + "/".join(COLUMN_ALIASES["text"]) + " present (TEXT in LAION-5B, caption in Re-LAION)"),
     _option("save_additional_columns", default="auto",
             help_="comma list of metadata columns to keep in each sample's json; 'auto' = those present among "
             + ", ".join(launch.DEFAULT_EXTRA_COLUMNS) + "; 'none'"),
@@ -98,11 +101,22 @@ LAUNCHER_OWNED = ("url_list", "output_folder", "output_format", "input_format", 
                   "number_sample_per_shard", "url_col", "caption_col", "save_additional_columns", "distributor")  # fmt: skip
 
 
+def _column(columns: list[str] | None, requested: str | None, logical: str) -> str | None:
+    """``requested``, or for ``auto`` the first of the logical column's names present (LAION's upper-case name
+    when the columns cannot be read before the download, e.g. txt input)."""
+    if requested != "auto":
+        return requested
+    names = COLUMN_ALIASES[logical]
+    present = [n for n in names if columns is not None and n in columns]
+    return present[0] if present else names[0]
+
+
 def part_kwargs(args: argparse.Namespace, input_path: Path, output_folder: str, extra: dict[str, Any]) -> dict[str, Any]:
     """img2dataset.download kwargs for one part."""
     columns = launch.input_columns(input_path, args.input_format)
+    url_col, caption_col = (_column(columns, args.url_col, "url"), _column(columns, args.caption_col, "text"))
     if columns is not None:
-        for flag_name, col in (("--url_col", args.url_col), ("--caption_col", args.caption_col)):
+        for flag_name, col in (("--url_col", url_col), ("--caption_col", caption_col)):
             if col and col not in columns:
                 raise UserError(f"{input_path}: no column {col!r} for {flag_name} (has: {', '.join(columns)})")
     kwargs: dict[str, Any] = dict(
@@ -119,9 +133,9 @@ def part_kwargs(args: argparse.Namespace, input_path: Path, output_folder: str, 
         timeout=args.timeout,
         retries=args.retries,
         number_sample_per_shard=args.number_sample_per_shard,
-        url_col=args.url_col,
-        caption_col=args.caption_col or None,
-        save_additional_columns=launch.choose_extra_columns(args.save_additional_columns, columns, args.url_col, args.caption_col),
+        url_col=url_col,
+        caption_col=caption_col or None,
+        save_additional_columns=launch.choose_extra_columns(args.save_additional_columns, columns, url_col, caption_col),
         distributor=args.distributor,
         incremental_mode="incremental",  # resume; "overwrite" is broken in img2dataset 1.47
         enable_wandb=False,

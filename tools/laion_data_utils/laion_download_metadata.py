@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Download LAION metadata parquet files (resumable, with retries and a progress bar).
 
-    python tools/laion_data_utils/laion_download_metadata.py --subset improved_aesthetics_4.5plus \
-        --parts 1-8,12 --output_dir laion_2b_en_ae4.5
+    HF_TOKEN=hf_... python tools/laion_data_utils/laion_download_metadata.py \
+        --subset relaion2B-en-research-safe --parts 1-8,12 --output_dir relaion2b_en
 
 Parts are 1-based whatever the subset's own file numbering. Complete files are skipped, partial ones
-resumed; nothing appears under its final name until it is complete.
+resumed; nothing appears under its final name until it is complete. Re-LAION-5B is gated on the Hugging Face
+Hub: accept its terms on the dataset page once, then pass a token (--token or $HF_TOKEN). The LAION-5B
+subsets withdrawn in December 2023 (improved_aesthetics_4.5plus, laion-art, laion2B-en-joined,
+laion-high-resolution) need --base_url pointing at a mirror you hold.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mindone.laion.http_download import DownloadError, RetryPolicy, download_file
-from mindone.laion.subsets import SUBSETS, get_subset, parse_parts
+from mindone.laion.subsets import DEFAULT_SUBSET, SUBSETS, check_source, get_subset, parse_parts
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
 from mindone.utils.config import Option, resolve_config
 from mindone.utils.config import build_parser as options_parser
@@ -26,8 +29,8 @@ log = logging.getLogger("laion_download_metadata")
 
 
 OPTIONS: list[Option] = [
-    Option("subset", str, "improved_aesthetics_4.5plus", "which LAION metadata subset", choices=sorted(SUBSETS),
-           group=None),
+    Option("subset", str, DEFAULT_SUBSET, "which LAION metadata subset (the Re-LAION ones are gated: --token; "
+           "the withdrawn LAION-5B ones need --base_url)", choices=sorted(SUBSETS), group=None),
     Option("output_dir", str, None, "folder to download into (created if needed)", required=True, group=None),
     Option("parts", str, "all", "1-based parts to fetch, e.g. 1-8,12 (default: all)", group=None),
     Option("base_url", str, None, "mirror URL holding the files (default: the subset's Hugging Face URL)", group=None),
@@ -59,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1 or args.retries < 0:
         raise UserError("--workers must be >= 1 and --retries >= 0")
     subset = get_subset(args.subset, args.file_pattern, args.num_files, args.first_index)
+    check_source(subset, args.base_url)
+    if subset.gated and not args.token and not args.base_url and not args.dry_run:
+        log.warning("%s is gated on the Hugging Face Hub: without --token / $HF_TOKEN (after accepting its terms "
+                    "on the dataset page) the server answers 401", subset.name)
     parts = parse_parts(args.parts, subset.num_parts)
     base = (args.base_url or subset.base_url).rstrip("/")
     jobs = [(f"{base}/{subset.file_name(p)}", Path(args.output_dir) / subset.file_name(p)) for p in parts]
