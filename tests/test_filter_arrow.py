@@ -254,3 +254,27 @@ def test_check_task_prints_seed_figures(tmp_path):
     assert proc.stdout.splitlines() == [
         "count: 4", "min aesthetic score: 4.6", "max punsafe: 0.97",
         "fraction with similarity < 0.28: 0.5", "fraction with pwatermark > 0.8: 0.5"]
+
+
+def test_relaion_schema_filters_on_the_original_size(tmp_path):
+    """Re-LAION's columns (lower case, an img2dataset output): the size conditions read original_width /
+    original_height (what WIDTH/HEIGHT were), not the re-download's width / height; no aesthetic column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "relaion"
+    data.mkdir()
+    original = [(600, 800), (400, 900), (1024, 512), (800, 300)]  # kept: the 1st and the 3rd
+    table = pa.table({
+        "url": [f"http://x/{i}.jpg" for i in range(4)], "caption": [f"c{i}" for i in range(4)],
+        "similarity": [0.3] * 4, "hash": list(range(4)), "pwatermark": [0.1] * 4, "punsafe": [0.01, 0.01, 0.01, 0.99],
+        "key": [f"{i:09d}" for i in range(4)], "status": ["success"] * 4, "error_message": [None] * 4,
+        "width": [256] * 4, "height": [256] * 4,  # the re-download's size: would fail every row
+        "original_width": [w for w, _ in original], "original_height": [h for _, h in original],
+    })
+    pq.write_table(table, data / "part-00000-339dc23d-0869-4dc0-9390-b4036fcc80c2-c000.snappy.parquet")
+    out = tmp_path / "out"
+    report = run("--data_dir", str(data), "--output_dir", str(out), "--min_aesthetic", "none")
+    kept = read_dir(out, "part_*.parquet")
+    assert kept["url"].tolist() == ["http://x/0.jpg", "http://x/2.jpg"] and report["rows_out"] == 2
+    assert report["failed_by_condition"]["punsafe<=0.98"] == 1

@@ -33,8 +33,10 @@ from typing import Any, Mapping
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "url": ("URL", "url"),
     "text": ("TEXT", "text", "caption", "CAPTION"),
-    "width": ("WIDTH", "width"),
-    "height": ("HEIGHT", "height"),
+    # Re-LAION (an img2dataset output) has width/height of its own re-download beside original_<side>: the
+    # original size is what LAION-5B's WIDTH/HEIGHT held, so it comes first.
+    "width": ("WIDTH", "original_width", "width"),
+    "height": ("HEIGHT", "original_height", "height"),
     "punsafe": ("punsafe", "PUNSAFE"),
     "pwatermark": ("pwatermark", "PWATERMARK"),
     "aesthetic": ("AESTHETIC_SCORE", "aesthetic", "aesthetic_score"),
@@ -152,4 +154,4 @@ def canonical_names(values: Mapping[str, Any], prefix: str = "") -> dict[str, An
 def json_keys(column: str) -> tuple[str, ...]:
     """The fields of a sample's json that hold ``column``, in order of preference."""
     original = (_ORIGINAL[column],) if column in _ORIGINAL else ()
-    return original + COLUMN_ALIASES.get(column, (column,))
+    return tuple(dict.fromkeys(original + COLUMN_ALIASES.get(column, (column,))))
