@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from harness import interleaved_rounds
+
 
 def photo_like(rng: np.random.Generator, width: int, height: int) -> bytes:
     """Smooth colour fields plus fine noise: JPEG size and decode cost close to real photos."""
@@ -131,11 +133,8 @@ def main() -> None:
         runs = {"reference": lambda: time_reference(root, tokenizer, args),
                 "webdataset": lambda: time_mindone("webdataset", root, tokenizer, args),
                 "files": lambda: time_mindone("files", root, tokenizer, args)}
-        rates: dict[str, float] = {}
-        for _ in range(args.rounds):  # interleaved rounds: machine noise hits every loader alike
-            for name, run in runs.items():
-                seconds, n = run()
-                rates[name] = max(rates.get(name, 0.0), n / seconds)
+        timings = interleaved_rounds(lambda name: runs[name](), runs, args.rounds)  # (seconds, samples) per round
+    rates = {name: max(n / seconds for seconds, n in rounds) for name, rounds in timings.items()}
     print(f"{args.samples} samples, {args.image_size} px, batch {args.batch_size}, {args.workers} workers, "
           f"best of {args.rounds}")
     for name in ("reference", "webdataset", "files"):

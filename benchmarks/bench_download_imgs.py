@@ -1,12 +1,16 @@
 """Images/s of one part downloaded over loopback HTTPS: certificate patch vs stock img2dataset.
 
-Both runs download the same part from the same local HTTPS server (tests/helpers/image_server.py, self-signed
-certificate). The stock run verifies the certificate, trusted through SSL_CERT_FILE; the patched run
-(--insecure_ssl: InsecureDownloader in every worker) skips verification. Runs alternate, the median of
-each side is compared. Speed is counted from img2dataset's own per-shard times in ``_stats.json`` (the
-download loop, without process start-up), and from wall time for the whole call.
+Both runs download the same part from the same local HTTPS server as the download tests
+(tests/helpers/image_server.py, self-signed certificate). The stock run verifies the certificate, trusted
+through SSL_CERT_FILE; the patched run (--insecure_ssl: InsecureDownloader in every worker) skips
+verification. Runs alternate, the median of each side is compared. Speed is counted from img2dataset's own
+per-shard times in ``_stats.json`` (the download loop, without process start-up), and from wall time for
+the whole call.
 
-    .venv/bin/python benchmarks/bench_download_imgs.py [--images 2000] [--repeats 3] [--processes 1] [--threads 32] [--scheme http]
+    .venv/bin/python -m benchmarks.bench_download_imgs [--images 2000] [--repeats 3] [--processes 1] [--threads 32] [--scheme http]
+
+Run it from the checkout as a module (``-m``), as above: the server is test code (``tests.helpers``, not
+installed), importable from the checkout's root.
 
 Goal: patched / stock >= 0.95.
 """
@@ -23,15 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the tests' image server: tests/helpers is test code, not installed
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from mindone.laion.img2dataset_launch import run_img2dataset  # noqa: E402
-from tests.helpers.image_server import ImageServer  # noqa: E402
+
+try:
+    from tests.helpers.image_server import ImageServer
+except ModuleNotFoundError as err:  # run as a file: the checkout's root is not on sys.path
+    sys.exit(f"{err}: run from the checkout's root as `python -m benchmarks.bench_download_imgs`")
 
 
 @contextlib.contextmanager

@@ -14,18 +14,12 @@ bench_train.py --full, batch 1) at ``--resolution``; the default is the tiny con
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]
-
-from bench_train import freeze_all_but_unet, plain_sgd, time_steps  # noqa: E402
+from bench_train import freeze_all_but_unet, plain_sgd
+from harness import best_round, forward_flags, interleaved_rounds, load_average, print_result, spawn_worker, time_steps
 
 
 def parse_args() -> argparse.Namespace:
@@ -84,31 +78,21 @@ def run_side(args: argparse.Namespace) -> dict:
 
 
 def spawn(args: argparse.Namespace, side: str) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, "--batch", str(args.batch), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--threads", str(args.threads), "--resolution", str(args.resolution)]
-    cmd += ["--full"] if args.full else []
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=dict(os.environ, GLOG_v="3"))
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode or not lines:
-        sys.exit(f"{side} side failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    settings = forward_flags(args, ("batch", "steps", "warmup", "threads", "resolution", "full"))
+    return spawn_worker(__file__, ["--side", side, *settings], label=f"{side} side", env=dict(os.environ, GLOG_v="3"))
 
 
 def main() -> None:
     args = parse_args()
     args.resolution = args.resolution or (256 if args.full else 32)
     if args.side:
-        print("RESULT " + json.dumps(run_side(args)))
+        print_result(run_side(args))
         return
-    rounds: dict[str, list[dict]] = {"images": [], "cached": []}
-    for _ in range(args.rounds):
-        for side in rounds:
-            rounds[side].append(spawn(args, side))
-    best = {side: min(runs, key=lambda r: r["step"]) for side, runs in rounds.items()}
+    best = best_round(interleaved_rounds(lambda side: spawn(args, side), ("images", "cached"), args.rounds))
     config = "full-size SD 2.x-base, SGD" if args.full else "tiny config, AdamW"
     print(f"train step with and without cached latents, {config}, batch {args.batch} x {args.resolution} px, "
           f"{args.threads} thread(s), MindSpore GRAPH_MODE on CPU, best of {args.rounds} rounds of "
-          f"{args.steps} steps (median); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"{args.steps} steps (median); load average {load_average()}")
     print(f"{'':34s}{'images/s':>10s}{'ms/step':>10s}{'first step s':>14s}")
     for side, label in (("images", "VAE encode in the step (images)"), ("cached", "cached latents (moments)")):
         r = best[side]

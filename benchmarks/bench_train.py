@@ -26,19 +26,15 @@ AdamW adds two float32 moments per UNet weight (+6.9 GB).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from harness import (best_round, forward_flags, interleaved_rounds, load_average, print_result, saved_reference_models,
+                     spawn_worker, time_steps)
 
 
 def parse_args() -> argparse.Namespace:
@@ -88,21 +84,6 @@ def batch_inputs(batch: int, size: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {"images": rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32),
             "ids": rng.integers(0, 49408, (batch, 77)).astype(np.int32)}
-
-
-def time_steps(step, warmup: int, steps: int) -> tuple[float, float]:
-    """(seconds of the first call, median seconds per timed step)."""
-    start = time.perf_counter()
-    step(0)
-    first = time.perf_counter() - start
-    for i in range(1, warmup):
-        step(i)
-    times = []
-    for i in range(steps):
-        start = time.perf_counter()
-        step(warmup + i)
-        times.append(time.perf_counter() - start)
-    return first, float(np.median(times))
 
 
 def bench_torch(weights: str, data: dict, warmup: int, steps: int, threads: int,
@@ -300,25 +281,19 @@ def bench_full(resolution: int, mode: str, jit_level: str | None, memory_optimiz
           f"{first_stage}: {times[0]:.1f} s   second step: {times[1]:.1f} s")
     print("  peak RSS: " + f"{peak_gb:.1f} GB (" + ", ".join(f"{k} {v:.1f}" for k, v in watch.stage_peaks.items()
                                                           if k not in ("start", "done")) + ")"
-          f"   loss: {loss:.4f}   load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"   loss: {loss:.4f}   load average: {load_average()}")
 
 
 def run_worker(args: argparse.Namespace) -> None:
     data = batch_inputs(args.batch, bench_config(args.config)[1])
     bench = bench_torch if args.worker == "torch" else bench_mindspore
     result = bench(args.weights, data, args.warmup, args.steps, args.threads, config=args.config)
-    print("RESULT " + json.dumps(dict(zip(("first", "step", "loss"), result))))
+    print_result(dict(zip(("first", "step", "loss"), result)))
 
 
 def spawn(args: argparse.Namespace, worker: str, weights: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", worker, "--weights", weights, "--config", args.config,
-           "--batch", str(args.batch),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode or not lines:
-        sys.exit(f"{worker} worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    settings = forward_flags(args, ("config", "batch", "steps", "warmup", "threads"))
+    return spawn_worker(__file__, ["--worker", worker, "--weights", weights, *settings], label=f"{worker} worker")
 
 
 def main() -> None:
@@ -331,21 +306,13 @@ def main() -> None:
     if args.full:
         bench_full(args.resolution, args.mode, args.jit_level, args.memory_optimize, args.max_rss_gb)
         return
-    from mindone.convert.diffusers_reference import build_reference_models
-
     cfg, size = bench_config(args.config)
-    unet_ref, vae_ref, text_ref = build_reference_models(cfg)
-    with tempfile.TemporaryDirectory() as folder:
-        for name, module in (("unet", unet_ref), ("vae", vae_ref), ("text_encoder", text_ref)):
-            module.save_pretrained(Path(folder) / name)
-        rounds = {"torch": [], "mindspore": []}
-        for _ in range(args.rounds):
-            for worker in rounds:
-                rounds[worker].append(spawn(args, worker, folder))
-    results = {worker: min(runs, key=lambda r: r["step"]) for worker, runs in rounds.items()}
+    with saved_reference_models(cfg) as (folder, _):
+        rounds = interleaved_rounds(lambda worker: spawn(args, worker, folder), ("torch", "mindspore"), args.rounds)
+    results = best_round(rounds)
     print(f"SD training step (VAE encode + text encode + UNet fwd/bwd + clip + AdamW), {args.config} config, "
           f"batch {args.batch} x {size} px, {args.threads} thread(s), best of {args.rounds} rounds of "
-          f"{args.steps} steps (median), CPU, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"{args.steps} steps (median), CPU, load average {load_average()}")
     print(f"{'':30s}{'images/s':>10s}{'ms/step':>10s}{'first step s':>14s}{'last loss':>12s}")
     for worker, label in (("torch", "diffusers/torch (eager)"), ("mindspore", "mindone MindSpore GRAPH_MODE")):
         r = results[worker]

@@ -16,17 +16,12 @@ parameter count and parameter memory of each full-size SD 2.x component.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from harness import (best_round, forward_flags, interleaved_rounds, print_result, saved_reference_models, spawn_worker,
+                     time_steps)
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,21 +48,6 @@ def inputs(cfg: dict, batch: int) -> dict[str, np.ndarray]:
             "target": rng.standard_normal((batch, 4, side, side)).astype(np.float32)}
 
 
-def time_steps(step, warmup: int, steps: int) -> tuple[float, float]:
-    """(seconds of the first call, median seconds per timed step)."""
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    for _ in range(max(warmup - 1, 0)):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return first, float(np.median(times))
-
-
 def bench_torch(weights: str, data: dict, warmup: int, steps: int, threads: int) -> tuple[float, float, float]:
     import diffusers
     import torch
@@ -78,14 +58,14 @@ def bench_torch(weights: str, data: dict, warmup: int, steps: int, threads: int)
     x, t = torch.from_numpy(data["x"]), torch.from_numpy(data["t"].astype(np.int64))
     context, target = torch.from_numpy(data["context"]), torch.from_numpy(data["target"])
 
-    def step():
+    def step(_: int) -> float:
         unet.zero_grad(set_to_none=True)
         loss = torch.nn.functional.mse_loss(unet(x, t, context).sample, target)
         loss.backward()
         return float(loss.detach())
 
     first, per_step = time_steps(step, warmup, steps)
-    return first, per_step, step()
+    return first, per_step, step(warmup + steps)
 
 
 def bench_mindspore(weights: str, cfg: dict, data: dict, warmup: int, steps: int, threads: int
@@ -123,7 +103,7 @@ def bench_mindspore(weights: str, cfg: dict, data: dict, warmup: int, steps: int
     args = [ms.Tensor(data[k]) for k in ("x", "t", "context", "target")]
     last = {}
 
-    def step():
+    def step(_: int):
         loss, grads = train_step(*args)
         last["loss"] = float(loss.asnumpy())
         return grads
@@ -153,18 +133,12 @@ def run_worker(args: argparse.Namespace) -> None:
         result = bench_torch(args.weights, data, args.warmup, args.steps, args.threads)
     else:
         result = bench_mindspore(args.weights, cfg, data, args.warmup, args.steps, args.threads)
-    print("RESULT " + json.dumps(dict(zip(("first", "step", "loss"), result))))
+    print_result(dict(zip(("first", "step", "loss"), result)))
 
 
 def spawn(args: argparse.Namespace, worker: str, weights: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", worker, "--weights", weights, "--config", args.config,
-           "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode or not lines:
-        sys.exit(f"{worker} worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    settings = forward_flags(args, ("config", "batch", "steps", "warmup", "threads"))
+    return spawn_worker(__file__, ["--worker", worker, "--weights", weights, *settings], label=f"{worker} worker")
 
 
 def main() -> None:
@@ -172,21 +146,14 @@ def main() -> None:
     if args.worker:
         run_worker(args)
         return
-    from mindone.convert.diffusers_reference import build_reference_models
     from mindone.models.config import load_model_config
 
     cfg = load_model_config(args.config)
     data = inputs(cfg, args.batch)
-    unet_ref, vae_ref, text_ref = build_reference_models(cfg)
-    n_params = sum(p.numel() for p in unet_ref.parameters())
-    with tempfile.TemporaryDirectory() as folder:
-        for name, module in (("unet", unet_ref), ("vae", vae_ref), ("text_encoder", text_ref)):
-            module.save_pretrained(Path(folder) / name)
-        rounds = {"torch": [], "mindspore": []}
-        for _ in range(args.rounds):
-            for worker in rounds:
-                rounds[worker].append(spawn(args, worker, folder))
-    results = {worker: min(runs, key=lambda r: r["step"]) for worker, runs in rounds.items()}
+    with saved_reference_models(cfg) as (folder, models):
+        n_params = sum(p.numel() for p in models["unet"].parameters())
+        rounds = interleaved_rounds(lambda worker: spawn(args, worker, folder), ("torch", "mindspore"), args.rounds)
+    results = best_round(rounds)
     shape = "x".join(str(d) for d in data["x"].shape)
     print(f"UNet forward+backward, config {args.config} ({n_params / 1e6:.2f}M params), latents {shape}, "
           f"context {data['context'].shape[1]}x{data['context'].shape[2]}, {args.threads} threads, "
