@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 from mindone.utils.config import Option, build_parser, resolve_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ def test_precedence_default_env_yaml_flag(tmp_path):
     ("T_RESUME", "maybe", "environment variable T_RESUME='maybe' is not a boolean (use 1/0 or true/false)"),
 ])
 def test_bad_variable_is_one_line_unless_something_else_wins(tmp_path, variable, value, message):
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ConfigError) as exc:
         resolve(["--data_dir", "d"], {variable: value})
     assert str(exc.value) == message
     flag = {"T_MODE": ["--mode", "a"], "T_SIZE": ["--size", "1"], "T_RESUME": ["--resume"]}[variable]
@@ -116,7 +116,7 @@ def test_an_option_without_env_reads_no_variable():
 ])
 def test_bad_yaml_is_one_line_naming_the_file_and_key(tmp_path, content, message):
     cfg = write(tmp_path, content)
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ConfigError) as exc:
         resolve(["--config", str(cfg), "--data_dir", "d"])
     assert str(exc.value).startswith(f"--config {cfg}: ") and message in str(exc.value)
     assert "\n" not in str(exc.value)
@@ -128,7 +128,7 @@ def test_the_yaml_flag_can_have_another_name(tmp_path):
     args = resolve_config(options, ["--options", str(cfg), "--steps", "3"], "t", config_flag="options")
     assert (args.config, args.steps, args.options) == ("tiny", 3, str(cfg))
     bad = write(tmp_path, {"stepz": 2}, "bad.yaml")
-    with pytest.raises(UserError, match=rf"^--options {bad}: unknown key 'stepz'"):
+    with pytest.raises(ConfigError, match=rf"^--options {bad}: unknown key 'stepz'"):
         resolve_config(options, ["--options", str(bad)], "t", config_flag="options")
 
 
@@ -182,7 +182,7 @@ def test_text_to_image_options_yaml_equals_flags(tmp_path):
     assert from_yaml == from_flags
     assert module.parse_args(["--options", str(cfg), "--steps", "9", "--config", "v2-768-v"]).steps == 9
     bad = write(tmp_path, {"stepz": 3}, "bad.yaml")
-    with pytest.raises(UserError, match=rf"^--options {bad}: unknown key 'stepz'"):
+    with pytest.raises(ConfigError, match=rf"^--options {bad}: unknown key 'stepz'"):
         module.parse_args(["--options", str(bad)])
 
 
@@ -245,5 +245,5 @@ def test_download_launcher_env_yaml_flag_precedence(tmp_path, monkeypatch, capsy
     assert [p["part"] for p in parts] == [2]
     assert parts[0]["img2dataset"]["image_size"] == 128 and parts[0]["img2dataset"]["skip_reencode"] is True
     bad = write(tmp_path, {"LAION_OUTPUT_DIR": "/x"}, "bad.yaml")  # yaml keys are the flag names
-    with pytest.raises(UserError, match=rf"^--config {bad}: unknown key 'LAION_OUTPUT_DIR'"):
+    with pytest.raises(ConfigError, match=rf"^--config {bad}: unknown key 'LAION_OUTPUT_DIR'"):
         tool.main(["--dry_run", "--config", str(bad)])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mindone.errors import ConfigError
 from mindone.utils.cli import ONE_LINE_ERRORS, UserError
 from tests.helpers.tools import load_tool
 
@@ -312,6 +313,6 @@ def test_config_yaml_with_python_tags_runs_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "filter.yaml"
     config.write_text('data_dir: !!python/object/apply:os.system ["touch PWNED"]\n')
-    with pytest.raises(UserError, match=f"--config {config}: invalid yaml") as err:
+    with pytest.raises(ConfigError, match=f"--config {config}: invalid yaml") as err:
         laion_filter_metadata.main(["--config", str(config)])
     assert "\n" not in str(err.value) and not (tmp_path / "PWNED").exists()

@@ -19,8 +19,9 @@ from mindone.errors import MindoneError
 class UserError(Exception):
     """An error in a CLI script's own arguments; its message is the one line shown to the user.
 
-    Library code raises :mod:`mindone.errors` instead; under ``mindone/`` only the CLI layer (this
-    module and the flag / yaml option loader :mod:`mindone.utils.config`) uses this class.
+    Library code raises :mod:`mindone.errors` instead; under ``mindone/`` the class appears only here and
+    as the second base of :class:`mindone.utils.config.OptionError` (a ConfigError), kept for the callers
+    that still catch this class for a yaml or environment error.
     """
 
 

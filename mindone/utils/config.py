@@ -8,6 +8,11 @@ written beside the run's outputs, so that a run can be repeated with ``--config 
 Precedence, lowest to highest: the option's default, its environment variable (only options that declare
 one, ``Option.env``; the variable is shown in the option's help), the ``--config`` yaml, the command-line
 flags. Whatever is written on the command line (the yaml it names, the flags) beats the environment.
+
+A yaml file or an environment variable that cannot be used raises :class:`OptionError`, a
+:class:`mindone.errors.ConfigError` whose one-line message names the file and key or the variable
+(``run_main`` shows it as the CLI's error line, exit status 2). Bad flags are argparse's to report (its
+usage line and exit status 2).
 """
 
 from __future__ import annotations
@@ -18,11 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from mindone.errors import ConfigError
 from mindone.utils.atomic import atomic_write_text
 from mindone.utils.cli import UserError
 
 CONFIG_HELP = "yaml file of defaults; flags given here override it"
 ACTIONS = ("store", "store_true", "boolean_optional")
+
+
+class OptionError(ConfigError, UserError):
+    """A yaml key or environment variable the options refuse; the message is one line naming it.
+
+    What the library raises for it is the :class:`~mindone.errors.ConfigError`: catch that. The
+    :class:`~mindone.utils.cli.UserError` base keeps the callers that catch the CLI's class for these
+    errors (the trainer's and the filters' config tests) working; it goes once none is left.
+    """
 
 
 def str2bool(value: Any) -> bool:
@@ -126,7 +141,7 @@ class Option:
             raise ValueError(f"expected {self._type_name}, got {value!r}") from err
 
     def from_env(self, environ: Mapping[str, str]) -> Any:
-        """The value of the option's environment variable (unset or empty: None); UserError naming the variable.
+        """The value of the option's environment variable (unset or empty: None); OptionError naming the variable.
 
         A multiple option splits the variable on whitespace (``LAION_PARTS="1 2 3"``).
         """
@@ -140,9 +155,9 @@ class Option:
                 value = self._typed(item)
             except ValueError:
                 kind = "boolean (use 1/0 or true/false)" if self.type is bool else f"valid {self._type_name}"
-                raise UserError(f"environment variable {self.env}={raw!r} is not a {kind}") from None
+                raise OptionError(f"environment variable {self.env}={raw!r} is not a {kind}") from None
             if self.choices is not None and value not in self.choices:
-                raise UserError(f"environment variable {self.env}={raw!r} is not one of "
+                raise OptionError(f"environment variable {self.env}={raw!r} is not one of "
                                 f"{', '.join(map(str, self.choices))}")
             out.append(value)
         return out if self.multiple else out[0]
@@ -230,33 +245,33 @@ def load_yaml_defaults(path: str | os.PathLike, options: Sequence[Option],
     path = Path(path)
     where = f"--{config_flag} {path}"
     if not path.is_file():
-        raise UserError(f"{where}: file not found")
+        raise OptionError(f"{where}: file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserError(f"{where}: invalid yaml{line}") from None
+        raise OptionError(f"{where}: invalid yaml{line}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{where}: cannot read ({str(err).splitlines()[0]})") from None
+        raise OptionError(f"{where}: cannot read ({str(err).splitlines()[0]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping of option: value, got {type(data).__name__}")
+        raise OptionError(f"{where}: expected a mapping of option: value, got {type(data).__name__}")
     by_name = {name: opt for opt in options for name in (opt.name, *opt.aliases)}
     values: dict[str, Any] = {}
     given_as: dict[str, str] = {}
     for key, value in data.items():
         if key not in by_name:
-            raise UserError(f"{where}: unknown key {key!r} (see --help for the options)")
+            raise OptionError(f"{where}: unknown key {key!r} (see --help for the options)")
         opt = by_name[key]
         if opt.name in given_as:
-            raise UserError(f"{where}: keys {given_as[opt.name]!r} and {key!r} are one option: give one")
+            raise OptionError(f"{where}: keys {given_as[opt.name]!r} and {key!r} are one option: give one")
         given_as[opt.name] = key
         try:
             values[opt.name] = opt.convert(value)
         except ValueError as err:
-            raise UserError(f"{where}: key {key!r}: {err}") from None
+            raise OptionError(f"{where}: key {key!r}: {err}") from None
     return values
 
 
