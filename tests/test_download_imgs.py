@@ -327,6 +327,19 @@ def test_part_id_forms():
         launch.parse_part_ids(["3-1"])
 
 
+def test_auto_extra_columns_are_the_filter_vocabulary_names_of_the_score_columns():
+    from mindone.data.filter_vocab import COLUMN_ALIASES
+
+    for column in launch.SAVED_COLUMNS:  # a new alias in the vocabulary is kept without a change here
+        assert set(COLUMN_ALIASES[column]) <= set(launch.DEFAULT_EXTRA_COLUMNS), column
+    # the names of LAION-5B's own columns, in their documented order
+    laion = [c for c in launch.DEFAULT_EXTRA_COLUMNS if c in ("similarity", "hash", "punsafe", "pwatermark",
+                                                              "AESTHETIC_SCORE", "aesthetic", "LANGUAGE")]
+    assert laion == ["similarity", "hash", "punsafe", "pwatermark", "AESTHETIC_SCORE", "aesthetic", "LANGUAGE"]
+    columns = ["url", "caption", "width", "original_width", "similarity", "lang", "aesthetic_score", "status"]
+    assert launch.choose_extra_columns("auto", columns, "url", "caption") == ["similarity", "aesthetic_score", "lang"]
+
+
 def test_cert_patch_is_scoped_and_restored(servers):
     """In-process: only img2dataset's downloader skips verification, only while patched, then restored."""
     import importlib

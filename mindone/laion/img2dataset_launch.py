@@ -18,15 +18,21 @@ import typing
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from mindone.data.filter_vocab import COLUMN_ALIASES
 from mindone.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-# Metadata columns worth keeping in each sample's json (post-download filters read them); kept when present.
-DEFAULT_EXTRA_COLUMNS = ("similarity", "hash", "punsafe", "pwatermark", "AESTHETIC_SCORE", "aesthetic", "LANGUAGE")
 # Names img2dataset reserves for its own json fields (it refuses them in save_additional_columns).
 _RESERVED = {"key", "caption", "url", "width", "height", "original_width", "original_height", "status",
              "error_message", "exif", "md5", "sha256", "sha512"}  # fmt: skip
+# The logical metadata columns worth keeping in each sample's json (post-download filters read them), in
+# this order. Not url / text (the url and caption columns) nor width / height (img2dataset records the
+# original size itself, as original_width / original_height).
+SAVED_COLUMNS = ("similarity", "hash", "punsafe", "pwatermark", "aesthetic", "language")
+# What "auto" keeps when the input has it: every name the filter vocabulary knows for those columns.
+DEFAULT_EXTRA_COLUMNS = tuple(name for column in SAVED_COLUMNS for name in COLUMN_ALIASES[column]
+                              if name not in _RESERVED)
 
 
 def default_processes() -> int:
