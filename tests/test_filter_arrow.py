@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from mindone.errors import ConfigError
 from mindone.laion.synthetic_metadata import write_synthetic_metadata
 from mindone.utils.cli import ONE_LINE_ERRORS
 from tests.helpers.metadata import (FILTER_CLI, canonical, make_variant_inputs, read_dir, reference_filter,
@@ -106,10 +107,10 @@ def test_optional_conditions_from_yaml_with_flag_override(inputs, tmp_path):
     assert report["conditions"][0] == "width>=256" and len(report["parts"]) == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("min_widht: 3\n")
-    with pytest.raises(cli.UserError, match="unknown key 'min_widht'"):
+    with pytest.raises(ConfigError, match="unknown key 'min_widht'"):
         cli.main(["--config", str(bad), "--data_dir", str(data), "--output_dir", str(tmp_path / "o2")])
     bad.write_text("engine: sparky\n")
-    with pytest.raises(cli.UserError, match="key 'engine': 'sparky' is not one of arrow, spark"):
+    with pytest.raises(ConfigError, match="key 'engine': 'sparky' is not one of arrow, spark"):
         cli.main(["--config", str(bad), "--data_dir", str(data), "--output_dir", str(tmp_path / "o2")])
 
 

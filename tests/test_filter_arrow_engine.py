@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from mindone.errors import DataError
+from mindone.errors import ConfigError, DataError
 from mindone.laion.synthetic_metadata import write_synthetic_metadata
 from mindone.utils.cli import ONE_LINE_ERRORS
 from tests.helpers.metadata import FILTER_CLI, make_variant_inputs, read_dir, reference_filter, run_filter_main
@@ -158,7 +158,7 @@ def test_compression_default_yaml_and_bad_value(inputs, tmp_path):
     run("--data_dir", str(data), "--output_dir", str(tmp_path / "shuf"), "--shuffle", "--compression", "gzip")
     assert _codecs(tmp_path / "shuf") == {"GZIP"}
     cfg.write_text("compression: brotli\n")
-    with pytest.raises(cli.UserError, match="key 'compression': 'brotli' is not one of snappy, zstd, lz4, gzip, none"):
+    with pytest.raises(ConfigError, match="key 'compression': 'brotli' is not one of snappy, zstd, lz4, gzip, none"):
         cli.main(["--config", str(cfg), "--data_dir", str(data), "--output_dir", str(tmp_path / "bad")])
     with pytest.raises(SystemExit):
         cli.parse_options(["--data_dir", str(data), "--output_dir", str(tmp_path / "bad"), "--compression", "lzo"])

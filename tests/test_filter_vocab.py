@@ -19,7 +19,6 @@ from mindone.laion.filter_common import FilterPlan
 from mindone.laion.sample_filters import filters_from_args
 from mindone.laion.schema import ALIASES, resolve_column
 from mindone.train.options import DATA_FILTERS, TRAIN_OPTIONS
-from mindone.utils.cli import UserError
 from mindone.utils.config import resolve_config, save_config
 from tests.helpers.tools import load_tool
 
@@ -123,7 +122,7 @@ def test_old_names_in_yaml_configs(tmp_path):
     assert train(["--config", str(old), "--filter_max_pwatermark", "0.5"]).filter_max_pwatermark == 0.5
     both = tmp_path / "both.yaml"
     both.write_text(yaml.safe_dump({"filter_max_watermark": 0.8, "filter_max_pwatermark": 0.7}))
-    with pytest.raises(UserError, match="are one option"):
+    with pytest.raises(ConfigError, match="are one option"):
         train(["--config", str(both)])
     # metadata filter: the same
     cli = load_tool("laion_filter_metadata")
@@ -131,7 +130,7 @@ def test_old_names_in_yaml_configs(tmp_path):
     meta.write_text(yaml.safe_dump({"max_watermark": 0.8}))
     assert cli.parse_options(["--config", str(meta), "--data_dir", "d", "--output_dir", "o"]).max_pwatermark == 0.8
     meta.write_text(yaml.safe_dump({"max_watermark": 0.8, "max_pwatermark": 0.7}))
-    with pytest.raises(UserError, match="are one option"):  # the option registry's words, as for the trainer
+    with pytest.raises(ConfigError, match="are one option"):  # the option registry's words, as for the trainer
         cli.parse_options(["--config", str(meta), "--data_dir", "d", "--output_dir", "o"])
     # loader filters dict
     with pytest.raises(ConfigError, match="one setting"):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mindone.train.options import TRAIN_OPTIONS
-from mindone.utils.cli import UserError
+from mindone.errors import ConfigError
 from mindone.utils.config import resolve_config, save_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,16 +57,16 @@ def test_resolved_config_round_trips(tmp_path):
 def test_bad_yaml_is_one_clear_error(tmp_path, content, message):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(content))
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ConfigError, match=message):
         resolve(["--config", str(cfg)])
 
 
 def test_missing_or_invalid_config_file(tmp_path):
-    with pytest.raises(UserError, match="file not found"):
+    with pytest.raises(ConfigError, match="file not found"):
         resolve(["--config", str(tmp_path / "nope.yaml")])
     broken = tmp_path / "broken.yaml"
     broken.write_text("a: [1, 2\n")
-    with pytest.raises(UserError, match="invalid yaml"):
+    with pytest.raises(ConfigError, match="invalid yaml"):
         resolve(["--config", str(broken)])
 
 

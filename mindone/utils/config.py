@@ -25,19 +25,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mindone.errors import ConfigError
 from mindone.utils.atomic import atomic_write_text
-from mindone.utils.cli import UserError
 
 CONFIG_HELP = "yaml file of defaults; flags given here override it"
 ACTIONS = ("store", "store_true", "boolean_optional")
 
 
-class OptionError(ConfigError, UserError):
-    """A yaml key or environment variable the options refuse; the message is one line naming it.
-
-    What the library raises for it is the :class:`~mindone.errors.ConfigError`: catch that. The
-    :class:`~mindone.utils.cli.UserError` base keeps the callers that catch the CLI's class for these
-    errors (the trainer's and the filters' config tests) working; it goes once none is left.
-    """
+class OptionError(ConfigError):
+    """A yaml key or environment variable the options refuse; the message is one line naming it (the CLIs'
+    ``run_main`` prints it as one line, exit status 2)."""
 
 
 def str2bool(value: Any) -> bool:
