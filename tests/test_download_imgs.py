@@ -159,14 +159,15 @@ def test_stats_csv_matches_real_tar_contents(webdataset_run):
 
 @pytest.mark.timeout(150)
 def test_insecure_ssl_patch_tsv_input_files_format(tmp_path, servers):
-    """cc12m-style tsv (url/caption columns), files output, --insecure_ssl via its env var: HTTPS succeeds."""
+    """cc12m-style tsv (url/caption columns, as Re-LAION's), files output, --insecure_ssl via its env var: HTTPS
+    succeeds. --url_col / --caption_col are left at auto: the lower-case names are found by themselves."""
     http, https = servers
     urls = [https.url("good", i) for i in range(4)] + [https.url("missing", 0), http.url("good", 7)]
     tsv = tmp_path / "cc12m.tsv"
     tsv.write_text("url\tcaption\n" + "".join(f"{u}\tcaption {i}\n" for i, u in enumerate(urls)))
     (tmp_path / "part_5").mkdir()  # a part folder without shards must not break the csv tool
-    proc = run(["bash", str(SCRIPT), "2", "--url_list", str(tsv), "--input_format", "tsv", "--url_col", "url",
-                "--caption_col", "caption", "--output_dir", str(tmp_path), "--output_format", "files", *SMALL],
+    proc = run(["bash", str(SCRIPT), "2", "--url_list", str(tsv), "--input_format", "tsv",
+                "--output_dir", str(tmp_path), "--output_format", "files", *SMALL],
                env={"LAION_INSECURE_SSL": "1"})  # fmt: skip
     assert "certificate verification is DISABLED" in proc.stderr
     status = shard_parquets(tmp_path / "part_2").set_index("url")

@@ -316,3 +316,30 @@ def test_config_yaml_with_python_tags_runs_nothing(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=f"--config {config}: invalid yaml") as err:
         laion_filter_metadata.main(["--config", str(config)])
     assert "\n" not in str(err.value) and not (tmp_path / "PWNED").exists()
+
+
+def test_insecure_ssl_uses_img2datasets_own_option_when_it_has_one(monkeypatch):
+    """img2dataset after 1.47.0 (PR #397) has download(ignore_ssl_certificate=...): the launcher passes it and
+    leaves img2dataset's Downloader alone; the pinned 1.47.0 gets the Downloader subclass instead."""
+    import importlib
+
+    import img2dataset
+
+    from mindone.laion import cert_patch
+    from mindone.laion import img2dataset_launch as launch
+
+    i2d_main = importlib.import_module("img2dataset.main")
+    seen = []
+
+    def newer_download(url_list, output_folder="images", ignore_ssl_certificate: bool = False):
+        seen.append(("newer", ignore_ssl_certificate, i2d_main.Downloader))
+
+    def pinned_download(url_list, output_folder="images"):
+        seen.append(("pinned", None, i2d_main.Downloader))
+
+    stock = i2d_main.Downloader
+    for fake in (newer_download, pinned_download):
+        monkeypatch.setattr(img2dataset, "download", fake)
+        launch.run_img2dataset({"url_list": "x.parquet"}, insecure_ssl=True)
+    assert seen == [("newer", True, stock), ("pinned", None, cert_patch.InsecureDownloader)]
+    assert i2d_main.Downloader is stock  # restored after the call

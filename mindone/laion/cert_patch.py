@@ -1,7 +1,9 @@
 """Opt-in: let img2dataset download from hosts whose TLS certificate does not verify.
 
 img2dataset 1.47 calls ``urllib.request.urlopen`` without an SSL context, so there is no option to skip
-certificate checks. Instead of overwriting the installed ``downloader.py`` (what the original mindone
+certificate checks. (Its git master after 1.47.0 adds ``download(ignore_ssl_certificate=True)``, PR #397, and
+changes ``download_image``'s signature; ``run_img2dataset`` passes that option when the installed
+img2dataset has it and uses this module only when it does not.) Instead of overwriting the installed ``downloader.py`` (what the original mindone
 recipe did), :func:`insecure_downloads` swaps the ``Downloader`` class that ``img2dataset.main.download``
 instantiates for :class:`InsecureDownloader`, a subclass defined here.
 
@@ -53,7 +55,7 @@ def _unverified_urllib() -> types.SimpleNamespace:
     """
     opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=unverified_ssl_context()))
 
-    def urlopen(request, data=None, timeout=None):  # same call shape img2dataset uses
+    def urlopen(request, data=None, timeout=None, **_ignored):  # img2dataset's call shape (a context is ignored)
         return opener.open(request, data=data, timeout=timeout)
 
     request_ns = types.SimpleNamespace(Request=urllib.request.Request, urlopen=urlopen)

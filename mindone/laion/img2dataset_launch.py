@@ -120,6 +120,10 @@ def choose_extra_columns(requested: str | None, columns: list[str] | None, url_c
     return wanted or None
 
 
+# img2dataset's own switch for --insecure_ssl, in its git master after 1.47.0 (PR #397, not yet released).
+NATIVE_INSECURE_OPTION = "ignore_ssl_certificate"
+
+
 def _download_signature() -> inspect.Signature:
     from img2dataset import download
 
@@ -222,7 +226,11 @@ def run_img2dataset(kwargs: dict[str, Any], insecure_ssl: bool = False, spark_ma
     with contextlib.ExitStack() as stack:
         if spark_master:
             stack.enter_context(spark_session(spark_master))
-        if insecure_ssl:
+        if insecure_ssl and NATIVE_INSECURE_OPTION in _download_signature().parameters:
+            # img2dataset after 1.47.0 (rom1504/img2dataset#397) skips certificate checks itself
+            cert_patch.logger.warning(cert_patch.WARNING)
+            kwargs = {**kwargs, NATIVE_INSECURE_OPTION: True}
+        elif insecure_ssl:  # 1.47.0 (pinned) has no such option: the Downloader subclass of cert_patch
             stack.enter_context(cert_patch.insecure_downloads(pyspark=kwargs.get("distributor") == "pyspark"))
         try:
             download(**kwargs)
