@@ -53,6 +53,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jit-level", choices=("O0", "O1", "O2"), help="GRAPH_MODE jit_level for --full")
     parser.add_argument("--memory-optimize", choices=("O0", "O1"),
                         help="--full: mindspore.runtime.set_memory(optimize_level=...), pool growth 1 GB")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="--full: recompute the UNet's blocks in the backward pass (the trainer's "
+                        "--gradient_checkpointing)")
     parser.add_argument("--max-rss-gb", type=float, default=21.0,
                         help="--full stops itself above this resident memory (default: %(default)s)")
     parser.add_argument("--worker", choices=("torch", "mindspore"), help=argparse.SUPPRESS)
@@ -230,7 +233,7 @@ class RssWatch:
 
 
 def bench_full(resolution: int, mode: str, jit_level: str | None, memory_optimize: str | None,
-               max_rss_gb: float) -> None:
+               max_rss_gb: float, gradient_checkpointing: bool = False) -> None:
     """One full-size SD 2.x-base training step (VAE encode + text encode + UNet fwd/bwd + clip + SGD)."""
 
     import mindspore as ms
@@ -249,6 +252,7 @@ def bench_full(resolution: int, mode: str, jit_level: str | None, memory_optimiz
     ms.set_seed(0)  # the same random weights in every run and mode
     np.random.seed(0)
     cfg = load_model_config("v2-base-512-eps")
+    cfg["model"]["unet"]["use_recompute"] = gradient_checkpointing
     watch.enter("build")
     start = time.perf_counter()
     with no_init_parameters():  # no weight memory yet: each parameter is filled once, below
@@ -275,6 +279,7 @@ def bench_full(resolution: int, mode: str, jit_level: str | None, memory_optimiz
     peak_gb = max(watch.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)
     label = "GRAPH_MODE" + (f" jit_level {jit_level}" if jit_level else "") if mode == "graph" else "PYNATIVE"
     label += f", memory optimize_level {memory_optimize}" if memory_optimize else ""
+    label += ", gradient checkpointing" if gradient_checkpointing else ""
     print(f"full-size SD 2.x-base training step, {resolution} px, batch 1, MindSpore {ms.__version__} {label} "
           f"on CPU (VAE encode + text encode + UNet fwd/bwd + clip 1.0 + SGD)")
     print(f"  build (no_init_parameters): {built:.1f} s   init weights: {initialised:.1f} s   "
@@ -304,7 +309,8 @@ def main() -> None:
         run_worker(args)
         return
     if args.full:
-        bench_full(args.resolution, args.mode, args.jit_level, args.memory_optimize, args.max_rss_gb)
+        bench_full(args.resolution, args.mode, args.jit_level, args.memory_optimize, args.max_rss_gb,
+                   args.gradient_checkpointing)
         return
     cfg, size = bench_config(args.config)
     with saved_reference_models(cfg) as (folder, _):
