@@ -88,6 +88,9 @@ def test_recipes_in_repo_load():
     (["--data_path", "d", "--input_perturbation", "-0.1"], "--input_perturbation -0.1: must be 0 (off) or positive"),
     (["--data_path", "d", "--train_target", "vae", "--gradient_checkpointing"], "apply to the UNet"),
     (["--data_path", "d", "--report_to", "wandb"], "invalid choice"),
+    (["--data_path", "d", "--aspect_ratio_buckets", "--bucket_step", "32"], "--bucket_step 32: bucket sides must be "
+     "multiples of 64 for v2-base-512-eps"),
+    (["--data_path", "d", "--aspect_ratio_buckets", "--dataset_type", "latents"], "cached latents have one fixed size"),
 ])
 def test_cli_rejects_bad_flags_with_one_line(tmp_path, flags, message):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "out"), *flags],

@@ -159,12 +159,6 @@ def load_model(args: argparse.Namespace, cfg: dict):
     return model
 
 
-def size_multiple(cfg: dict) -> int:
-    """Image sides must divide by the VAE's and then the UNet's downsampling: 8 * 8 = 64 for SD 2.x."""
-    model = cfg["model"]
-    return 2 ** (len(model["vae"]["ch_mult"]) - 1) * 2 ** (len(model["unet"]["channel_mult"]) - 1)
-
-
 def next_index(samples_dir: Path) -> int:
     """The first free image number in ``samples_dir`` (numbering continues after earlier runs)."""
     taken = [int(p.stem) for p in samples_dir.glob("*.png") if re.fullmatch(r"\d+", p.stem)]
@@ -184,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_args(args)
 
     from mindone.diffusion.pipeline import StableDiffusionPipeline
-    from mindone.models.config import load_model_config
+    from mindone.models.config import load_model_config, size_multiple
     from mindone.models.tokenizer import SDTokenizer
     from mindone.utils.device import init_device
 

@@ -126,8 +126,12 @@ def bucket_spec(args):
     if not args.aspect_ratio_buckets:
         return None
     from mindone.data.buckets import BucketSpec
+    from mindone.models.config import load_model_config, size_multiple
 
-    step = args.bucket_step
+    step, multiple = args.bucket_step, size_multiple(load_model_config(args.model_config))
+    if step % multiple:
+        raise UserError(f"--bucket_step {step}: bucket sides must be multiples of {multiple} for {args.model_config} "
+                        "(the VAE's and the UNet's downsampling)")
     low = args.bucket_min_side or max(step, args.resolution // 2 // step * step)
     return BucketSpec(resolution=args.resolution, min_side=low, max_side=args.bucket_max_side or 2 * args.resolution,
                       step=step, max_aspect=args.bucket_max_aspect)

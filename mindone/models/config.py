@@ -51,6 +51,12 @@ def _validate(cfg: Any, source: Path) -> None:
             raise ConfigError(f"model config {source}: unknown keys in model.{section}: {sorted(bad)}")
 
 
+def size_multiple(cfg: dict[str, Any]) -> int:
+    """Image sides must divide by the VAE's and then the UNet's downsampling: 8 * 8 = 64 for SD 2.x."""
+    model = cfg["model"]
+    return 2 ** (len(model["vae"].get("ch_mult", [1, 2, 4, 4])) - 1) * 2 ** (len(model["unet"]["channel_mult"]) - 1)
+
+
 def build_model(cfg: dict[str, Any]):
     """Build a randomly initialised LatentDiffusion from a config dict (see ``load_model_config``).
 
