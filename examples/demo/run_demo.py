@@ -32,11 +32,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from mindone.demo.prompt_score import SCORE_SEED, score_prompts, summary_line, write_score
+from mindone.demo.scenes import make_sample
+from mindone.utils.cli import run_main
+from mindone.utils.config import Option, resolve_config
+from mindone.utils.config import build_parser as options_parser
+from mindone.utils.loopback import serve_directory
 
-from mindone.demo.prompt_score import SCORE_SEED, score_prompts, summary_line, write_score  # noqa: E402
-from mindone.demo.scenes import make_sample  # noqa: E402
-from mindone.utils.loopback import serve_directory  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 TOOLS = REPO / "tools" / "laion_data_utils"
 EXAMPLES = REPO / "examples" / "stable_diffusion_v2"
@@ -62,21 +65,25 @@ PROMPTS = ["a red circle on a blue background", "a yellow square on a black back
 SAMPLES_PER_PROMPT = 3  # columns of the grid (seeds 42 + image index)
 
 
+OPTIONS: list[Option] = [
+    Option("output_dir", str, str(REPO / "demo_output"), "where every stage writes (default: ./demo_output)",
+           group=None),
+    Option("rows", int, 1000, "rows of sample metadata; 6 in 10 pass the filter (default: 1000)", group=None),
+    Option("vae_steps", int, VAE_STEPS, f"training steps of the tiny autoencoder (default: {VAE_STEPS})", group=None),
+    Option("train_steps", int, UNET_STEPS, f"training steps of the tiny UNet (default: {UNET_STEPS})", group=None),
+    Option("sample_steps", int, 20, "sampler steps for the final images (default: 20)", group=None),
+    Option("fresh", bool, False, "delete --output_dir first and redo every stage", action="store_true", group=None),
+]
+PARSER = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", default=str(REPO / "demo_output"), help="where every stage writes (default: ./demo_output)")
-    p.add_argument("--rows", type=int, default=1000, help="rows of sample metadata; 6 in 10 pass the filter (default: 1000)")
-    p.add_argument("--vae_steps", type=int, default=VAE_STEPS,
-                   help=f"training steps of the tiny autoencoder (default: {VAE_STEPS})")
-    p.add_argument("--train_steps", type=int, default=UNET_STEPS,
-                   help=f"training steps of the tiny UNet (default: {UNET_STEPS})")
-    p.add_argument("--sample_steps", type=int, default=20, help="sampler steps for the final images (default: 20)")
-    p.add_argument("--fresh", action="store_true", help="delete --output_dir first and redo every stage")
-    return p
+    return options_parser(OPTIONS, __doc__, **PARSER)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    """Flags, or a --config yaml of them (flags win), as every tool of the project."""
+    return resolve_config(OPTIONS, argv, __doc__, **PARSER)
 
 
 class Stages:
@@ -236,11 +243,15 @@ def print_summary(out: Path, paths: dict) -> None:
         print(f"  {label:<20} {path}")
 
 
-if __name__ == "__main__":
+def cli(argv=None) -> int:
     try:
-        sys.exit(main())
+        return main(argv)
     except subprocess.CalledProcessError as err:
         # The failing tool has already printed its own one-line error above.
         print(f"demo: stage command failed with exit status {err.returncode}; fix the cause and rerun "
               "(finished stages are reused)", file=sys.stderr)
-        sys.exit(1)
+        return 1
+
+
+if __name__ == "__main__":
+    run_main(cli)
