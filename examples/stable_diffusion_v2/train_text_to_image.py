@@ -318,11 +318,13 @@ def train(args, dev) -> None:
             losses = []
             for micro in range(accum):
                 epoch, images, token_ids = next(batches)
-                if images.shape[2:] not in compiled:  # a new bucket size: GRAPH_MODE compiles its graph
-                    compiled.add(images.shape[2:])
-                    logger.info("batch size %dx%d: compiling its train graph (%d so far)", images.shape[3],
-                                images.shape[2], len(compiled))
-                batch_shape = (shape[0], images.shape[2] // down, images.shape[3] // down)
+                batch_shape = shape  # cached latents: one fixed size, given in latent pixels
+                if args.dataset_type != "latents":  # images: their size (a bucket's) gives the latents'
+                    batch_shape = (shape[0], images.shape[2] // down, images.shape[3] // down)
+                    if images.shape[2:] not in compiled:  # a new size: GRAPH_MODE compiles its graph
+                        compiled.add(images.shape[2:])
+                        logger.info("batch size %dx%d: compiling its train graph (%d so far)", images.shape[3],
+                                    images.shape[2], len(compiled))
                 noise = sample_step_noise(args.seed, dev.rank, global_step, micro, images.shape[0], batch_shape,
                                           noise_offset=args.noise_offset,
                                           input_perturbation=args.input_perturbation)
