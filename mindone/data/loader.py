@@ -83,16 +83,19 @@ def steps_per_epoch(**config: Any) -> int:
 
 
 class _ColumnsSource:
-    """GeneratorDataset source: (image, token_ids) rows of a :class:`SampleStream`.
+    """GeneratorDataset source: ``(image, token_ids)`` rows of a :class:`SampleStream`, or whole
+    ``(images, token_ids)`` batches of a :class:`BucketBatchStream` (their size changes from batch to batch,
+    so MindSpore does not batch them again).
 
     MindSpore reads ``len()`` once and fails any epoch that yields another count, so a resumed
     source is one partial epoch long and refuses a second pass with a clear message.
     """
 
-    def __init__(self, stream: SampleStream) -> None:
+    def __init__(self, stream: SampleStream | BucketBatchStream) -> None:
         self.stream = stream
-        self.length = stream.next_epoch_samples
-        self.one_epoch_only = stream.resumed
+        self.batched = isinstance(stream, BucketBatchStream)
+        self.length = stream.next_epoch_batches if self.batched else stream.next_epoch_samples
+        self.one_epoch_only = self.length < stream.steps_per_epoch if self.batched else stream.resumed
         self.passes = 0
 
     def __len__(self) -> int:
@@ -103,30 +106,9 @@ class _ColumnsSource:
             raise RuntimeError("a dataset built with start_step > 0 holds the rest of that epoch only: "
                                "build the next epoch's dataset with start_step=0")
         self.passes += 1
-        for sample in self.stream:
-            yield sample["image"], sample["token_ids"]
-
-
-class _BatchesSource:
-    """GeneratorDataset source: whole (images, token_ids) batches of a :class:`BucketBatchStream` (their
-    size changes from batch to batch, so MindSpore does not batch them again)."""
-
-    def __init__(self, stream: BucketBatchStream) -> None:
-        self.stream = stream
-        self.length = stream.next_epoch_batches
-        self.one_epoch_only = self.length < stream.steps_per_epoch
-        self.passes = 0
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if self.one_epoch_only and self.passes:
-            raise RuntimeError("a dataset built with start_step > 0 holds the rest of that epoch only: "
-                               "build the next epoch's dataset with start_step=0")
-        self.passes += 1
-        for batch in self.stream:
-            yield batch["images"], batch["token_ids"]
+        image_key = "images" if self.batched else "image"
+        for item in self.stream:
+            yield item[image_key], item["token_ids"]
 
 
 def build_dataset(
@@ -157,8 +139,7 @@ def build_dataset(
     import mindspore.dataset as ds  # heavy: only when a MindSpore dataset is wanted
 
     stream = build_sample_stream(dataset_type, data_path, tokenizer, start_step=start_step, epoch=epoch, **config)
-    source = _BatchesSource(stream) if isinstance(stream, BucketBatchStream) else _ColumnsSource(stream)
-    dataset = ds.GeneratorDataset(source, column_names=["images", "token_ids"], shuffle=False,
+    dataset = ds.GeneratorDataset(_ColumnsSource(stream), column_names=["images", "token_ids"], shuffle=False,
                                   num_parallel_workers=1, python_multiprocessing=False)
     if isinstance(stream, SampleStream):
         dataset = dataset.batch(stream.batch_size, drop_remainder=stream.drop_remainder)
