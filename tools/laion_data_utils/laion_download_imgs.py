@@ -61,7 +61,8 @@ OPTIONS: list[Option] = [
     _option("thread_count", int, launch.default_threads(), "download threads per process; the default is 32 per CPU, "
             "at most 256"),
     _option("timeout", int, 10, "seconds to wait for one image"),
-    _option("retries", int, 0, "extra attempts per failed URL"),
+    _option("retries", int, 1, "extra attempts per failed URL (one lifted a LAION download from 56%% to 77%% "
+            "success, ten only to 78%%: rom1504/img2dataset#361)"),
     _option("number_sample_per_shard", int, 10000, "rows per shard (keep it fixed across reruns of a part)"),
     _option("url_col", default="auto", help_="url column of the metadata; auto: the first of "
             + "/".join(COLUMN_ALIASES["url"]) + " present (URL in LAION-5B, url in Re-LAION)"),
