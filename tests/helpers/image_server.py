@@ -15,7 +15,15 @@ path                   behaviour                                                
 /notimage/<n>          HTML bytes served as image/jpeg                             decoding error
 /oversized/<n>.jpg     a JPEG whose area exceeds the test max_image_area           image area too large
 /noai/<n>.jpg          a good JPEG with ``X-Robots-Tag: noai``                     disallowed
+/flaky503/<n>.jpg      503 on the first request, then /good/<n>.jpg's JPEG          HTTP Error 503, healed
+/flaky429/<n>.jpg      429 on the first request, then the JPEG                     HTTP Error 429, healed
+/flakystall/<n>.jpg    stalls on the first request, then the JPEG                  timed out, healed
+/flakyslow/<n>.jpg     503 first, then the JPEG after ``slow_seconds``             HTTP Error 503, healed
 =====================  ==========================================================  ======================
+
+The ``flaky*`` routes heal on the request after their first, per path: a URL that failed once succeeds when
+it is downloaded again (run img2dataset with ``retries=0``, or its own retry heals it at once).
+:meth:`ImageServer.hit_count` tells how often a URL was requested.
 
 With ``https=True`` the same routes are served over TLS with a self-signed certificate made at start
 (openssl CLI, else the ``cryptography`` package). Use as a context manager; everything stops on exit.
@@ -108,11 +116,23 @@ class _FaultHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         owner = self.owner
-        owner.hits.append(self.path)
+        with owner._lock:
+            owner.hits.append(self.path)
+            first_hit = owner.hits.count(self.path) == 1
         parts = self.path.strip("/").split("/")
         route = parts[0]
         n = int(parts[1].split(".")[0]) if len(parts) > 1 and parts[1].split(".")[0].isdigit() else 0
-        if route == "good":
+        if route.startswith("flaky"):
+            if not first_hit:
+                owner.stop_event.wait(owner.slow_seconds if route == "flakyslow" else 0)
+                self._send(200, owner.image(good_size(n), n))
+            elif route == "flaky429":
+                self._send(429, b"slow down", "text/plain", headers={"Retry-After": "1"})
+            elif route == "flakystall":
+                owner.stop_event.wait(owner.stall_seconds)
+            else:
+                self._send(503, b"try later", "text/plain")
+        elif route == "good":
             self._send(200, owner.image(good_size(n), n))
         elif route == "big":
             self._send(200, owner.image(BIG_SIZE, n))
@@ -159,14 +179,18 @@ EXPECTED_OUTCOME = {
     "oversized": (False, "image area too large"),
     "noai": (False, "X-Robots-Tag"),
 }
+# The flaky routes: what img2dataset records the first time (each succeeds the next time).
+FLAKY_FIRST_ERROR = {"flaky503": "HTTP Error 503", "flaky429": "HTTP Error 429", "flakystall": "timed out",
+                     "flakyslow": "HTTP Error 503"}
 
 
 class ImageServer:
     """Start with ``with ImageServer(https=...) as srv:``; ``srv.url("good", 3)`` builds a URL."""
 
-    def __init__(self, https: bool = False, stall_seconds: float = 30.0) -> None:
+    def __init__(self, https: bool = False, stall_seconds: float = 30.0, slow_seconds: float = 0.5) -> None:
         self.https = https
         self.stall_seconds = stall_seconds
+        self.slow_seconds = slow_seconds
         self.stop_event = threading.Event()
         self.hits: list[str] = []
         self._images: dict[tuple, bytes] = {}
@@ -189,8 +213,14 @@ class ImageServer:
         return self._server.base_url
 
     def url(self, route: str, n: int = 0) -> str:
-        suffix = ".jpg" if route in ("good", "big", "oversized", "noai") else ""
+        suffix = ".jpg" if route in ("good", "big", "oversized", "noai", *FLAKY_FIRST_ERROR) else ""
         return f"{self.base_url}/{route}/{n}{suffix}"
+
+    def hit_count(self, url: str) -> int:
+        """How many requests the server got for ``url`` (one of :meth:`url`'s) so far."""
+        path = url[len(self.base_url):]
+        with self._lock:
+            return self.hits.count(path)
 
     def start(self) -> "ImageServer":
         handler = type("Handler", (_FaultHandler,), {"owner": self})

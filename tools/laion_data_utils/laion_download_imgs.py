@@ -6,6 +6,11 @@ on the command line beats both. Options img2dataset has that are not listed here
 forwarded unchanged:
 
     laion_download_imgs.sh 1-3 --metadata_dir meta --output_dir data -- --encode_quality 90 --min_image_size 256
+
+--retry_failed downloads again, into new shards of the same part, the rows of finished parts whose error
+is of a class in --retry_errors (read from the parts' shard parquets; give the flags of the first run):
+
+    laion_download_imgs.sh 1-3 --output_dir data --retry_failed [--retry_errors default,resize]
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any, Sequence
 
 from mindone.data.filter_vocab import COLUMN_ALIASES
 from mindone.laion import img2dataset_launch as launch
+from mindone.laion.retry_failed import DEFAULT_RETRY_ERRORS, ERROR_CLASSES, format_table, parse_retry_errors
+from mindone.laion.retry_round import plan_part, retry_part
 from mindone.laion.shard_state import done_shard_names, prepare_resume
 from mindone.laion.url_guard import UrlGuardError, http_only_kwargs
 from mindone.utils.cli import UserError, run_main, setup_cli_logging
@@ -79,7 +86,14 @@ OPTIONS: list[Option] = [
     _switch("allow_non_http_urls", False, "hand rows whose URL is not http(s) (file://, ftp://, data:) to img2dataset, "
             "which would read them; by default they are left out of the download, counted and reported"),
     _switch("verify_resume", True, "before a rerun, check the shards already done and redo any that do not hold up"),
-    _switch("dry_run", False, "print the img2dataset arguments of each part as json and exit"),
+    _switch("dry_run", False, "print the img2dataset arguments of each part as json and exit (with --retry_failed: "
+            "the rows per error class and how many would be retried)"),
+    _switch("retry_failed", False, "download again the failed rows of each finished part whose error class is in "
+            "--retry_errors, into new shards numbered after the part's; prints and writes "
+            "<part>/retry_failed/report.json (rows per class before/after); needs no --metadata_dir"),
+    _option("retry_errors", default=",".join(DEFAULT_RETRY_ERRORS), help_="with --retry_failed: the error classes "
+            "to retry, a comma list; 'default' = this list, 'all' = every failure; classes: "
+            + ", ".join(ERROR_CLASSES)),
 ]
 PARSER = dict(prog="laion_download_imgs.sh", formatter_class=argparse.RawDescriptionHelpFormatter,
               epilog="Each option's environment variable is shown in brackets.")
@@ -145,6 +159,41 @@ def part_kwargs(args: argparse.Namespace, input_path: Path, output_folder: str, 
     return kwargs
 
 
+def retry_parts(args: argparse.Namespace, part_ids: list[int], extra: dict[str, Any]) -> int:
+    """--retry_failed: one retry round per part (mindone/laion/retry_round.py), then its per-class table."""
+    if "://" in args.output_dir:
+        raise UserError("--retry_failed reads the part folders: it needs a local --output_dir")
+    retry = parse_retry_errors(args.retry_errors)
+
+    def make_kwargs(source: Path, staging: Path, columns: list[str]) -> dict[str, Any]:
+        """The part's own settings, for the round's input: its columns are those img2dataset saved."""
+        caption = "caption" if "caption" in columns else None
+        saved = ",".join(c for c in columns if c not in ("url", "caption"))
+        round_args = argparse.Namespace(**{**vars(args), "input_format": "parquet", "url_col": "url",
+                                           "caption_col": caption, "save_additional_columns": saved})
+        return part_kwargs(round_args, source, str(staging), extra)
+
+    def download(kwargs: dict[str, Any]) -> None:
+        launch.run_img2dataset(kwargs, insecure_ssl=args.insecure_ssl, spark_master=args.spark_master)
+
+    for pid in part_ids:
+        part_dir = Path(args.output_dir) / f"part_{pid}"
+        if args.dry_run:
+            plan = plan_part(part_dir, retry)
+            print(json.dumps({"part": pid, "retry_errors": sorted(retry), "rows": plan.rows,
+                              "selected": len(plan.candidates), "counts": plan.counts()}))  # fmt: skip
+            continue
+        outcome = retry_part(part_dir, retry=retry, output_format=args.output_format, make_kwargs=make_kwargs,
+                             download=download, verify_resume=args.verify_resume)  # fmt: skip
+        if outcome.round is None:
+            print(f"part {pid}: nothing to retry ({', '.join(outcome.retry_errors)})")
+        else:
+            print(f"part {pid}: retry round {outcome.round}: {outcome.selected} rows retried into shards "
+                  f"{', '.join(outcome.shards)}, {outcome.healed} downloaded")
+        print(format_table(outcome.before, outcome.after if outcome.round else None, outcome.retry_errors))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ours, theirs = split_passthrough(sys.argv[1:] if argv is None else argv)
     args = resolve_config(OPTIONS, ours, __doc__, **PARSER)  # flags > --config yaml > LAION_* > defaults
@@ -156,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--{clash[0]} is a launcher option: give it before -- (or via {ENV_PREFIX}{clash[0].upper()})")
     if args.output_dir is None:
         raise UserError("no output folder: set --output_dir or LAION_OUTPUT_DIR")
+    if args.retry_failed:
+        return retry_parts(args, part_ids, extra)
     if args.url_list is not None:
         if len(part_ids) != 1:
             raise UserError("--url_list downloads one file: give exactly one part id to name its output folder")
