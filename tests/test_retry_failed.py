@@ -175,6 +175,18 @@ def test_dry_run_counts_and_the_retry_errors_override(rounds, monkeypatch, capsy
 
 
 @pytest.mark.timeout(240)
+def test_another_shard_layout_is_refused_before_anything_is_written(rounds, monkeypatch):
+    tool = load_tool("laion_download_imgs")
+    monkeypatch.setattr(tool, "setup_cli_logging", lambda: None)
+    ledger = rounds["part"] / "retry_failed" / "ledger.json"
+    before = ledger.read_text()
+    with pytest.raises(ONE_LINE_ERRORS, match="was downloaded with number_sample_per_shard=8, now 4"):
+        tool.main(["1", "--output_dir", str(rounds["out"]), "--retry_failed", "--retry_errors", "all",
+                   "--number_sample_per_shard", "4"])
+    assert ledger.read_text() == before and not (rounds["part"] / "retry_failed" / "round_3.parquet").exists()
+
+
+@pytest.mark.timeout(240)
 def test_a_killed_round_resumes_without_duplicates(tmp_path, server):
     meta, out = tmp_path / "meta", tmp_path / "data"
     meta.mkdir()

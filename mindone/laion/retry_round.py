@@ -47,7 +47,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -110,6 +110,14 @@ def check_part(part_dir: Path) -> dict[int, Path]:
     return parquets
 
 
+def _identity(frame: pd.DataFrame) -> pd.Series:
+    """Each row's identity: ``retry_of`` where a retry round set it, else its own key."""
+    identity = frame["key"].astype(object)
+    if RETRY_OF in frame:
+        identity = frame[RETRY_OF].astype(object).where(frame[RETRY_OF].notna(), identity)
+    return identity
+
+
 def read_records(parquets: dict[int, Path]) -> pd.DataFrame:
     """Every row of every shard parquet as ``identity, shard, status, error_message``."""
     frames = []
@@ -120,10 +128,7 @@ def read_records(parquets: dict[int, Path]) -> pd.DataFrame:
             frame = pq.read_table(path, columns=columns).to_pandas()
         except (OSError, pa.ArrowException, KeyError) as err:
             raise RetryFailedError(f"{path}: cannot read its status columns ({str(err).splitlines()[0]})") from None
-        identity = frame["key"].astype(object)
-        if RETRY_OF in frame:
-            identity = frame[RETRY_OF].astype(object).where(frame[RETRY_OF].notna(), identity)
-        frames.append(pd.DataFrame({"identity": identity, "shard": shard, "status": frame["status"],
+        frames.append(pd.DataFrame({"identity": _identity(frame), "shard": shard, "status": frame["status"],
                                     "error_message": frame["error_message"]}))  # fmt: skip
     return pd.concat(frames, ignore_index=True)
 
@@ -137,9 +142,7 @@ def candidate_table(parquets: dict[int, Path], plan: RetryPlan) -> pa.Table:
         path = parquets[int(shard)]
         names = pq.read_schema(path).names
         frame = pq.read_table(path, columns=[c for c in names if c not in _RESULT_COLUMNS or c in ("key", RETRY_OF)]).to_pandas()
-        identity = frame["key"].astype(object)
-        if RETRY_OF in frame:
-            identity = frame[RETRY_OF].astype(object).where(frame[RETRY_OF].notna(), identity)
+        identity = _identity(frame)
         frame = frame.drop(columns=[c for c in ("key", RETRY_OF) if c in frame]).assign(**{RETRY_OF: identity})
         frames.append(frame[frame[RETRY_OF].isin(set(identities))])
     table = pd.concat(frames, ignore_index=True).sort_values(RETRY_OF, kind="stable").reset_index(drop=True)
@@ -188,10 +191,17 @@ def _part_settings(part_dir: Path) -> dict[str, Any]:
     return settings if isinstance(settings, dict) else {}
 
 
-def _check_layout(part_dir: Path, settings: dict[str, Any], kwargs: dict[str, Any]) -> None:
-    for key, default in (("number_sample_per_shard", None), ("output_format", None), ("oom_shard_count", 5)):
-        recorded, now = settings.get(key) or default, kwargs.get(key, default)
-        if recorded is not None and recorded != now:
+LAYOUT_KEYS = ("output_format", "number_sample_per_shard", "oom_shard_count")
+
+
+def _check_layout(part_dir: Path, layout: Mapping[str, Any]) -> None:
+    """Refuse a round whose shard layout differs from what the part's first download recorded."""
+    settings = _part_settings(part_dir)
+    for key in LAYOUT_KEYS:
+        recorded, now = settings.get(key), layout.get(key)
+        if key == "oom_shard_count":  # recorded as None when img2dataset's default was used
+            recorded, now = recorded or 5, now or 5
+        if recorded is not None and now is not None and recorded != now:
             raise ConfigError(f"{part_dir} was downloaded with {key}={recorded!r}, now {now!r}: a retry round "
                               f"must use the part's own (give --{key} {recorded})")
 
@@ -267,7 +277,7 @@ def _download_round(current: dict, *, folder: Path, make_kwargs: MakeKwargs, dow
     """Run (or resume) img2dataset for the round; the names of its shards once all are finished."""
     source, staging = folder / f"round_{current['round']}.parquet", folder / f"round_{current['round']}"
     kwargs = make_kwargs(source, staging, pq.read_schema(source).names)
-    _check_layout(part_dir, _part_settings(part_dir), kwargs)
+    _check_layout(part_dir, kwargs)
     names = [f"{current['first_shard'] + i:0{kwargs.get('oom_shard_count', 5)}d}"
              for i in range(-(-current["rows"] // kwargs["number_sample_per_shard"]))]  # fmt: skip
     if current["state"] == "downloading":
@@ -284,54 +294,72 @@ def _download_round(current: dict, *, folder: Path, make_kwargs: MakeKwargs, dow
     return names
 
 
-def retry_part(part_dir: Path, *, retry: frozenset[str], output_format: str, make_kwargs: MakeKwargs,
+def _sweep_done_rounds(folder: Path, ledger: "Ledger") -> None:
+    """Remove what a run killed right after publishing left of its (done) round."""
+    for done in (r for r in ledger.rounds if r["state"] == "done"):
+        shutil.rmtree(folder / f"round_{done['round']}", ignore_errors=True)
+        (folder / f"round_{done['round']}.parquet").unlink(missing_ok=True)
+
+
+def _start_round(part_dir: Path, *, folder: Path, ledger: Ledger, plan: RetryPlan,
+                 parquets: dict[int, Path]) -> dict[str, Any]:
+    """Write the round's input (the plan's candidates) and record the round as ``downloading``."""
+    expected = _check_first_download_complete(part_dir, _part_settings(part_dir))
+    stems = (entry.name.split(".")[0].split("_")[0] for entry in os.scandir(part_dir))
+    current = {"round": len(ledger.rounds) + 1, "state": "downloading", "retry_errors": sorted(plan.retry),
+               "first_shard": first_free_shard(stems, expected), "rows": len(plan.candidates),
+               "before": plan.counts()}  # fmt: skip
+    with atomic_path(folder / f"round_{current['round']}.parquet") as tmp:
+        pq.write_table(candidate_table(parquets, plan), tmp)
+    ledger.rounds.append(current)
+    ledger.save()
+    return current
+
+
+def retry_part(part_dir: Path, *, retry: frozenset[str], layout: Mapping[str, Any], make_kwargs: MakeKwargs,
                download: Callable[[dict], None], verify_resume: bool = True) -> RetryOutcome:
     """Retry the failed rows of ``part_dir`` whose class is in ``retry`` (or finish the round in progress),
     then rewrite the part's stats csv / files csv when the part has retried shards.
 
     ``make_kwargs(input parquet, output folder, its columns)`` gives img2dataset's kwargs for the round (the
     part's settings, its url column ``url``, caption column ``caption`` and the other columns saved);
-    ``download(kwargs)`` runs img2dataset.
+    ``download(kwargs)`` runs img2dataset. ``layout``: the ``output_format``, ``number_sample_per_shard``
+    and ``oom_shard_count`` the round will use, refused before anything is written when the part's first
+    download recorded others.
     """
     part_dir = Path(part_dir)
-    parquets = check_part(part_dir)
-    folder = part_dir / LEDGER_DIR
+    check_part(part_dir)
+    _check_layout(part_dir, layout)
+    folder, part_id = part_dir / LEDGER_DIR, part_dir.name[len("part_"):]
     with _locked(folder):
         ledger = Ledger(folder)
+        _sweep_done_rounds(folder, ledger)
         current = ledger.open_round()
         if current is None:
+            parquets = shard_parquets(part_dir)
             plan = RetryPlan.from_records(read_records(parquets), retry)
-            outcome = RetryOutcome(part=part_dir.name[len("part_"):], retry_errors=sorted(retry), rows=plan.rows,
-                                   before=plan.counts(), after=plan.counts())
             if not plan.candidates:
+                outcome = RetryOutcome(part=part_id, retry_errors=sorted(retry), rows=plan.rows,
+                                       before=plan.counts(), after=plan.counts())  # fmt: skip
                 atomic_write_text(folder / REPORT, outcome.to_json())
                 if ledger.rounds:  # a csv an interrupted run did not get to refresh
-                    refresh_annotations(part_dir, output_format)
+                    refresh_annotations(part_dir, layout["output_format"])
                 return outcome
-            expected = _check_first_download_complete(part_dir, _part_settings(part_dir))
-            current = {"round": len(ledger.rounds) + 1, "state": "downloading", "retry_errors": sorted(retry),
-                       "first_shard": first_free_shard((e.name.split(".")[0].split("_")[0] for e in os.scandir(part_dir)), expected),
-                       "rows": len(plan.candidates), "before": plan.counts()}  # fmt: skip
-            with atomic_path(folder / f"round_{current['round']}.parquet") as tmp:
-                pq.write_table(candidate_table(parquets, plan), tmp)
-            ledger.rounds.append(current)
-            ledger.save()
+            current = _start_round(part_dir, folder=folder, ledger=ledger, plan=plan, parquets=parquets)
         else:
             logger.info("%s: resuming retry round %d (%s)", part_dir, current["round"], current["state"])
         names = _download_round(current, folder=folder, make_kwargs=make_kwargs, download=download,
                                 part_dir=part_dir, verify_resume=verify_resume)
         current.update(state="publishing", shards=names)
         ledger.save()
-        staging = folder / f"round_{current['round']}"
-        publish(staging, part_dir, names)
+        publish(folder / f"round_{current['round']}", part_dir, names)
         current["state"] = "done"
         ledger.save()
-        shutil.rmtree(staging, ignore_errors=True)
-        (folder / f"round_{current['round']}.parquet").unlink(missing_ok=True)
+        _sweep_done_rounds(folder, ledger)
         after = RetryPlan.from_records(read_records(shard_parquets(part_dir)), current["retry_errors"])
-        outcome = RetryOutcome(part=part_dir.name[len("part_"):], retry_errors=current["retry_errors"], rows=after.rows,
+        outcome = RetryOutcome(part=part_id, retry_errors=current["retry_errors"], rows=after.rows,
                                before=current["before"], after=after.counts(), round=current["round"],
                                selected=current["rows"], shards=names)  # fmt: skip
         atomic_write_text(folder / REPORT, outcome.to_json())
-        refresh_annotations(part_dir, output_format)
+        refresh_annotations(part_dir, layout["output_format"])
     return outcome

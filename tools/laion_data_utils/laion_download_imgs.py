@@ -183,8 +183,10 @@ def retry_parts(args: argparse.Namespace, part_ids: list[int], extra: dict[str, 
             print(json.dumps({"part": pid, "retry_errors": sorted(retry), "rows": plan.rows,
                               "selected": len(plan.candidates), "counts": plan.counts()}))  # fmt: skip
             continue
-        outcome = retry_part(part_dir, retry=retry, output_format=args.output_format, make_kwargs=make_kwargs,
-                             download=download, verify_resume=args.verify_resume)  # fmt: skip
+        layout = {"output_format": args.output_format, "number_sample_per_shard": args.number_sample_per_shard,
+                  "oom_shard_count": extra.get("oom_shard_count")}
+        outcome = retry_part(part_dir, retry=retry, layout=layout, make_kwargs=make_kwargs, download=download,
+                             verify_resume=args.verify_resume)  # fmt: skip
         if outcome.round is None:
             print(f"part {pid}: nothing to retry ({', '.join(outcome.retry_errors)})")
         else:
