@@ -24,7 +24,7 @@ from mindone.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 # Names img2dataset reserves for its own json fields (it refuses them in save_additional_columns).
-_RESERVED = {"key", "caption", "url", "width", "height", "original_width", "original_height", "status",
+RESERVED_COLUMNS = {"key", "caption", "url", "width", "height", "original_width", "original_height", "status",
              "error_message", "exif", "md5", "sha256", "sha512"}  # fmt: skip
 # The logical metadata columns worth keeping in each sample's json (post-download filters read them), in
 # this order. Not url / text (the url and caption columns) nor width / height (img2dataset records the
@@ -32,7 +32,7 @@ _RESERVED = {"key", "caption", "url", "width", "height", "original_width", "orig
 SAVED_COLUMNS = ("similarity", "hash", "punsafe", "pwatermark", "aesthetic", "language")
 # What "auto" keeps when the input has it: every name the filter vocabulary knows for those columns.
 DEFAULT_EXTRA_COLUMNS = tuple(name for column in SAVED_COLUMNS for name in COLUMN_ALIASES[column]
-                              if name not in _RESERVED)
+                              if name not in RESERVED_COLUMNS)
 
 
 def default_processes() -> int:
@@ -113,7 +113,7 @@ def choose_extra_columns(requested: str | None, columns: list[str] | None, url_c
             missing = [c for c in wanted if c not in columns]
             if missing:
                 raise ConfigError(f"--save_additional_columns: column {missing[0]!r} is not in the input (has: {', '.join(columns)})")
-    reserved = [c for c in wanted if c in _RESERVED]
+    reserved = [c for c in wanted if c in RESERVED_COLUMNS]
     if reserved:
         raise ConfigError(f"--save_additional_columns: {reserved[0]!r} is reserved by img2dataset for its own field")
     wanted = [c for c in wanted if c not in (url_col, caption_col)]

@@ -67,7 +67,7 @@ LEDGER_DIR = "retry_failed"
 LEDGER = "ledger.json"
 REPORT = "report.json"
 # img2dataset's own columns of a shard parquet (and its image column in the parquet format): not metadata
-_RESULT_COLUMNS = (launch._RESERVED - {"url", "caption"}) | {"jpg", "png", "webp", RETRY_OF}
+_RESULT_COLUMNS = (launch.RESERVED_COLUMNS - {"url", "caption"}) | {"jpg", "png", "webp", RETRY_OF}
 
 MakeKwargs = Callable[[Path, Path, list[str]], dict[str, Any]]  # (input parquet, output folder, its columns)
 
