@@ -100,3 +100,15 @@ def test_part_with_no_sample_left_gets_a_header_only_csv(tmp_path):
 def test_missing_data_dir(tmp_path):
     proc = run_tool("--data_dir", str(tmp_path))
     assert proc.returncode == 2 and "has no part_<id> folders" in proc.stderr
+
+
+def test_drop_list_names_part_shard_and_key(tmp_path):
+    for part in (1, 2):
+        write_files_shard(tmp_path / f"part_{part}", 0, [{"txt": f"p{part} c{i}"} for i in range(3)])
+    drop = tmp_path / "drop.txt"
+    drop.write_text("# near duplicates\npart_1/00000/000000001\n")
+    proc = run_tool("--data_dir", str(tmp_path), "--drop_list", str(drop))
+    assert proc.returncode == 0, proc.stderr
+    assert pd.read_csv(tmp_path / "part_1.csv")["text"].tolist() == ["p1 c0", "p1 c2"]
+    assert pd.read_csv(tmp_path / "part_2.csv")["text"].tolist() == ["p2 c0", "p2 c1", "p2 c2"]  # same key, other part
+    assert "'filtered_drop_list': 1" in proc.stderr

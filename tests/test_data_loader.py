@@ -236,3 +236,15 @@ def test_one_small_shard_split_over_two_ranks_pads_with_real_samples(tmp_path):
     assert all(s.last_epoch_counts["truncated_shard"] == 0 for s in streams)  # the repeat is read, not refilled
     keys = [x["key"] for rank in per_rank for x in rank]
     assert set(keys) == {f"{i:09d}" for i in range(5)}  # every sample seen, the sixth is a repeat
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("dataset_type", ["webdataset", "files"])
+def test_drop_list_filter(uneven_clean, dataset_type, tmp_path):
+    listed = sorted(uneven_clean.good_keys)[::3]
+    drop = tmp_path / "drop.txt"
+    drop.write_text("".join(f"part_1/{k[:5]}/{k}\n" for k in listed) + "part_2/00000/000000001\n")
+    s = stream(uneven_clean.root, dataset_type, filters={"drop_list": str(drop)}, batch_size=2)
+    keys = {x["key"] for x in epoch_of(s)}
+    assert keys == set(uneven_clean.good_keys) - set(listed)  # part_2's 000000001 is another sample
+    assert s.last_epoch_counts["filtered_drop_list"] >= len(listed)

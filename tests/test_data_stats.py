@@ -243,3 +243,17 @@ def test_prepare_resume_removes_partial_and_bad_shards(tmp_path):
     report = prepare_resume(part, "webdataset")
     assert report.done == 1 and report.invalidated == ["00002"] and sorted(report.partial_removed) == ["00001"]
     assert sorted(p.name for p in part.iterdir()) == ["00000.tar", "00000_stats.json"]
+
+
+def test_drop_list_writes_filtered_shards(tmp_path):
+    samples = [{"txt": f"c{i}", "meta": {}} for i in range(5)]
+    write_shard(tmp_path / "data" / "part_1", 0, samples)
+    write_shard(tmp_path / "data" / "part_2", 0, samples)
+    keys = sorted(m.name.split(".")[0] for m in tarfile.open(tmp_path / "data" / "part_1" / "00000.tar") if m.name.endswith(".txt"))
+    drop = tmp_path / "drop.txt"
+    drop.write_text(f"part_1/00000/{keys[1]}\npart_1/00000/{keys[3]}\n")
+    out = tmp_path / "filtered"
+    proc = run_tool("--data_dir", str(tmp_path / "data"), "--drop_list", str(drop), "--filtered_output_dir", str(out))
+    assert pd.read_csv(out / "part_1_stats.csv")["num_samples"].tolist() == [3]
+    assert pd.read_csv(out / "part_2_stats.csv")["num_samples"].tolist() == [5]  # same keys, other part: kept
+    assert "filtered_drop_list" in proc.stderr

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from mindone.data.filter_vocab import (COLUMN_ALIASES, FILTERS, METADATA_FILTERS, SAMPLE_FILTERS, SIZE,
-                                       canonical_names, json_keys, lookup)
+from mindone.data.filter_vocab import (COLUMN_ALIASES, FILTERS, LISTED, METADATA_FILTERS, SAMPLE_FILTERS, SAMPLE_ID,
+                                       SIZE, THRESHOLDS, canonical_names, json_keys, lookup)
 from mindone.data.filters import SampleFilters
 from mindone.errors import ConfigError
 from mindone.laion.conditions import build_conditions
@@ -47,9 +47,10 @@ def test_the_table_is_consistent():
     for spec in FILTERS:
         assert spec.name.startswith("min_") == spec.op.endswith(">=")
         assert spec.name.startswith("max_") == spec.op.endswith("<=")
-        assert spec.column in COLUMN_ALIASES or spec.column == SIZE
+        assert spec.column in COLUMN_ALIASES or spec.column == SIZE or (spec.column, spec.op) == (SAMPLE_ID, LISTED)
     assert all(s.metadata_keep for s in METADATA_FILTERS) and all(s.sample_help and s.load_help for s in SAMPLE_FILTERS)
-    assert all(s.op in (">=", "<=") for s in SAMPLE_FILTERS)
+    assert all(s.op in (">=", "<=") for s in THRESHOLDS)
+    assert [s.name for s in SAMPLE_FILTERS if s not in THRESHOLDS] == ["drop_list"]
     assert ALIASES is COLUMN_ALIASES  # the metadata filter's column resolution reads the vocabulary's aliases
     assert {lookup(old).name for old in OLD_NAMES} == set(OLD_NAMES.values())
 
@@ -65,7 +66,7 @@ def test_metadata_filter_reads_the_vocabulary(spec):
         assert len(cond) == 1, flag
 
 
-@pytest.mark.parametrize("spec", SAMPLE_FILTERS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", THRESHOLDS, ids=lambda s: s.name)
 def test_stats_and_load_time_filters_read_the_vocabulary(spec):
     flags = {n: 5.0 for n in (spec.name, *spec.aliases)}
     for parser in stats_parsers():
@@ -81,7 +82,22 @@ def test_stats_and_load_time_filters_read_the_vocabulary(spec):
         assert SampleFilters.from_config({flag: 5}) == SampleFilters(**{spec.name: 5.0})
 
 
-@pytest.mark.parametrize("spec", SAMPLE_FILTERS, ids=lambda s: s.name)
+def test_the_drop_list_filter_reads_the_vocabulary(tmp_path):
+    listed = tmp_path / "drop.txt"
+    listed.write_text("# comment\npart_1/00000/000000001\n")
+    for parser in stats_parsers():
+        args = parser.parse_args(["--data_dir", "d", "--drop_list", str(listed)])
+        assert filters_from_args(args) == SampleFilters(drop_list=str(listed))
+    assert train(["--filter_drop_list", str(listed)]).filter_drop_list == str(listed)
+    assert ("drop_list", lookup("drop_list").load_help) in DATA_FILTERS
+    flt = SampleFilters.from_config({"drop_list": listed})
+    assert flt.active and not flt.needs_meta
+    assert flt.check({}, {}, sample_id="part_1/00000/000000001") == "filtered_drop_list"
+    assert flt.check({}, {}, sample_id="part_2/00000/000000001") is None  # the key alone is not the id
+    assert flt.check({}, {}) is None  # without an id the list is not consulted (the loader checks it before)
+
+
+@pytest.mark.parametrize("spec", THRESHOLDS, ids=lambda s: s.name)
 def test_json_filters_judge_the_vocabulary_column_with_its_operator(spec):
     flt = SampleFilters(**{spec.name: 10.0})
     worse, better = (9.0, 11.0) if spec.op == ">=" else (11.0, 9.0)

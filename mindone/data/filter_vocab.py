@@ -11,6 +11,9 @@ Three consumers read this table and nothing else for a filter's name, column, op
   :class:`mindone.data.filters.SampleFilters`): the same thresholds, applied while training reads
   the samples (``SAMPLE_FILTERS``).
 
+One sample filter is no threshold: ``drop_list`` (op ``not_listed``) names a file of sample ids to leave
+out (:mod:`mindone.data.drop_list`, written by ``laion_find_near_dups.py``); its value is a path.
+
 A filter's ``name`` is its flag in the first two (``--max_pwatermark``), ``--filter_<name>`` for the
 trainer, and its key in their yaml configs and in the loader's ``filters`` dict. Where a consumer once
 called it something else, the old name is one of its ``aliases``: accepted everywhere (flag, yaml key,
@@ -45,6 +48,9 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "hash": ("hash", "HASH"),
 }
 
+LISTED = "not_listed"  # the op of a filter whose value is a drop list file: the sample's id must not be in it
+SAMPLE_ID = "sample_id"  # its column: part_<N>/<shard>/<key>, not a json field
+
 # In a sample's json, a size is the *original* image's: img2dataset's original_<side> (its width/height are
 # the resized image's), else the metadata column. "size" is the smaller side (json filters only).
 _ORIGINAL = {"width": "original_width", "height": "original_height"}
@@ -56,7 +62,7 @@ class FilterSpec:
     """One filter: ``<column> <op> <threshold>`` keeps a row / sample.
 
     ``op``: ``>=`` / ``<=`` on the column's number, ``in`` (a list of values), ``len>=`` / ``len<=`` (the
-    caption's length in characters). The help texts are per consumer (each tool words its flags its own
+    caption's length in characters), ``not_listed`` (the sample's id is not in the drop list file given). The help texts are per consumer (each tool words its flags its own
     way); ``metadata_keep`` is None for a filter the metadata filter does not offer, ``sample_help`` and
     ``load_help`` are None for one the json filters do not offer.
     """
@@ -71,12 +77,22 @@ class FilterSpec:
     load_help: str | None = None  # trainer: --filter_<name>, "skip samples whose json <this>"
 
     @property
+    def value_type(self) -> type:
+        """What a value of this filter is: a path for the drop list, a number for a threshold."""
+        return str if self.op == LISTED else float
+
+    @property
     def metadata_help(self) -> str:
         default = "off by default" if self.metadata_default is None else f"seed 001: {self.metadata_default:g}"
         return f"keep {self.metadata_keep} ({default})"
 
 
 FILTERS: tuple[FilterSpec, ...] = (
+    FilterSpec("drop_list", SAMPLE_ID, LISTED,
+               sample_help="leave out the samples listed in this file (one part_<id>/<shard>/<key> a line, e.g. "
+               "the near_duplicates_drop.txt of laion_find_near_dups.py)",
+               load_help="skip the samples listed in this drop list file (one part_<id>/<shard>/<key> a line, "
+               "e.g. the near_duplicates_drop.txt of laion_find_near_dups.py; load-time filter; unset: off)"),
     FilterSpec("min_size", SIZE, ">=",
                sample_help="minimum smaller side of the original image, pixels",
                load_help="original image's smaller side is below this"),
@@ -125,8 +141,11 @@ def _in_order(*names: str) -> tuple[FilterSpec, ...]:
 # the first condition it fails (filter_report.json), a json filter reports the first reason it fails.
 METADATA_FILTERS = _in_order("min_width", "min_height", "max_punsafe", "min_aesthetic", "max_pwatermark",
                              "min_similarity", "language", "min_caption_length", "max_caption_length")
-SAMPLE_FILTERS = _in_order("min_size", "min_width", "min_height", "min_similarity", "min_aesthetic",
+SAMPLE_FILTERS = _in_order("drop_list", "min_size", "min_width", "min_height", "min_similarity", "min_aesthetic",
                            "max_pwatermark", "max_punsafe")
+
+
+THRESHOLDS = tuple(s for s in SAMPLE_FILTERS if s.op != LISTED)  # the sample filters on json numbers
 
 
 def lookup(name: str) -> FilterSpec | None:

@@ -8,12 +8,14 @@ the GeneratorDataset itself is a single, light source that only interleaves fini
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from mindone.data.annotations import read_files_annotations, read_shard_list, resolve_annotation_files
 from mindone.data.bucket_stream import BucketBatchStream
+from mindone.data.drop_list import files_sample_id, sample_id, shard_name
 from mindone.data.files_dataset import FilesReader
 from mindone.data.latents import MOMENTS_EXT, cached_empty_text
 from mindone.data.filters import SampleFilters
@@ -21,6 +23,7 @@ from mindone.data.processing import SampleProcessor
 from mindone.data.loader_config import LoaderConfig
 from mindone.data.shards import EpochPlan
 from mindone.data.stream import SampleStream
+from mindone.data.tar_stream import RawSample
 from mindone.data.wds_sample import IMAGE_EXTS
 from mindone.data.webdataset_dataset import WebdatasetReader
 
@@ -40,15 +43,38 @@ def build_sample_stream(
                        start_step=start_step, epoch=epoch)
 
 
+class _DropListed:
+    """A reader whose samples on the filters' drop list come out as ``filtered_drop_list``, before they are
+    decoded. A sample's id (:mod:`mindone.data.drop_list`) is its shard's ``part_<N>/<shard>`` and its key;
+    for the files dataset, the image path's last three components."""
+
+    def __init__(self, reader, filters: SampleFilters, files: bool) -> None:
+        self.reader, self.filters, self.files = reader, filters, files
+        self.sizes = reader.sizes
+        self.filters.listed("")  # load the list once, before the workers fork
+        self.shards = None if files else [shard_name(url) for url in reader.urls]
+
+    def read(self, shard: int, members: Sequence[int]) -> Iterator[tuple[int, RawSample | str]]:
+        for member, item in self.reader.read(shard, members):
+            if isinstance(item, RawSample):
+                sid = files_sample_id(self.reader.paths[shard]) if self.files else sample_id(self.shards[shard], item.key)
+                item = self.filters.listed(sid) or item
+            yield member, item
+
+
 def _reader(config: LoaderConfig, sample_filters: SampleFilters):
     """The shard reader of ``config``'s annotations (reads the csvs, not the data)."""
     csv_files = resolve_annotation_files(config.data_path, config.dataset_type, config.parts)
     if config.dataset_type == "files":
         annotations = read_files_annotations(csv_files, allow_outside_root=config.allow_outside_data_root)
-        return FilesReader(annotations, read_meta=sample_filters.active, max_member_bytes=config.max_member_bytes)
-    shards = read_shard_list(csv_files, config.shard_root, allow_outside_root=config.allow_outside_data_root)
-    payload = (MOMENTS_EXT,) if config.dataset_type == "latents" else IMAGE_EXTS
-    return WebdatasetReader(shards, max_member_bytes=config.max_member_bytes, payload=payload)
+        reader = FilesReader(annotations, read_meta=sample_filters.needs_meta, max_member_bytes=config.max_member_bytes)
+    else:
+        shards = read_shard_list(csv_files, config.shard_root, allow_outside_root=config.allow_outside_data_root)
+        payload = (MOMENTS_EXT,) if config.dataset_type == "latents" else IMAGE_EXTS
+        reader = WebdatasetReader(shards, max_member_bytes=config.max_member_bytes, payload=payload)
+    if sample_filters.drop_list is None:
+        return reader
+    return _DropListed(reader, sample_filters, files=config.dataset_type == "files")
 
 
 def open_stream(config: LoaderConfig, tokenizer: Callable[[Sequence[str]], np.ndarray], *, start_step: int = 0,
@@ -78,7 +104,7 @@ def steps_per_epoch(**config: Any) -> int:
     """Batches per epoch on this rank for the :class:`LoaderConfig` fields ``config``: the epoch plan over the
     annotation csvs' sample counts, without opening a shard or building a dataset."""
     cfg = LoaderConfig(**config).resolved()
-    reader = _reader(cfg, SampleFilters.from_config(cfg.filters))
+    reader = _reader(cfg, replace(SampleFilters.from_config(cfg.filters), drop_list=None))
     return EpochPlan(reader.sizes, epoch=0, **cfg.plan_args()).steps_per_epoch
 
 

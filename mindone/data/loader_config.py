@@ -9,7 +9,8 @@ trainer builds it from its flags. Fields:
   shard paths), ``allow_outside_data_root`` (False: csv values stay inside their root, see
   :mod:`mindone.data.locations`), ``max_member_bytes`` (larger members are skipped unread);
 - what a sample becomes: ``image_size``, ``random_crop``, ``random_flip``, ``caption_dropout``, ``filters``
-  (thresholds on the per-sample json, :mod:`mindone.data.filters`), ``min_image_size``, ``latent_shape``
+  (thresholds on the per-sample json and a ``drop_list`` file of sample ids, :mod:`mindone.data.filters`),
+  ``min_image_size``, ``latent_shape``
   (latents: the ``(C, h, w)`` every sample must have), ``cached_text`` (latents: cached text embeddings
   instead of token ids), ``buckets`` (a :class:`~mindone.data.buckets.BucketSpec`: aspect-ratio buckets, batches
   of one size each, composed in windows of ``bucket_window`` batches);

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from mindone.data.drop_list import sample_id
 from mindone.data.filters import SampleFilters
 from mindone.data.locations import inside_root
 from mindone.data.wds_sample import META_EXT, split_name
 from mindone.errors import DataError
-from mindone.laion.sample_filters import passes
 from mindone.laion.shard_state import check_shard, read_small_file, read_stats_json, scan_files_shard
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ def files_part_annotations(data_dir: Path, part_dir: Path, sample_filter: Sample
     """Image/caption rows of every finished shard folder in ``part_dir``.
 
     A sample without an image or a caption file, or with an empty caption, is skipped and counted by
-    reason; it never gets a made-up caption. One whose image, caption or json is a link leading out of
+    reason; it never gets a made-up caption. A sample the filters drop is counted as ``filtered_<filter>``
+    (its drop-list id is ``part_<N>/<shard>/<key>``, :mod:`mindone.data.drop_list`). One whose image, caption or json is a link leading out of
     ``data_dir`` is skipped unread and counted, unless ``allow_outside``.
     """
     import json
@@ -171,12 +172,16 @@ def files_part_annotations(data_dir: Path, part_dir: Path, sample_filter: Sample
                 result.skipped["empty caption"] += 1
                 continue
             if sample_filter is not None and sample_filter.active:
-                try:
-                    meta = json.loads(read_small_file(meta_path) or b"{}")
-                except (OSError, ValueError, RecursionError):
-                    meta = {}
-                if not passes(sample_filter, meta if isinstance(meta, dict) else {}):
-                    result.skipped["filtered out"] += 1
+                meta = {}
+                if sample_filter.needs_meta:
+                    try:
+                        meta = json.loads(read_small_file(meta_path) or b"{}")
+                    except (OSError, ValueError, RecursionError):
+                        meta = {}
+                sid = sample_id(rel_dir, split_name(image)[0])
+                reason = sample_filter.check(meta if isinstance(meta, dict) else {}, {}, sample_id=sid)
+                if reason:
+                    result.skipped[reason] += 1
                     continue
             result.rows.append((f"{rel_dir}/{image}", text))
     return result

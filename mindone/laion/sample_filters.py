@@ -5,7 +5,8 @@ applies at load time), reused here so that a count made at stats / csv time equa
 with the same thresholds: sizes are the original image's, a sample whose json lacks a field is not judged
 by that filter (it passes, counted as ``unjudged_<filter>``). The flags, their old names and their help
 come from the filter vocabulary (:data:`mindone.data.filter_vocab.SAMPLE_FILTERS`), declared as options of
-the CLIs' option registry (:mod:`mindone.utils.config`): :data:`FILTER_OPTIONS`.
+the CLIs' option registry (:mod:`mindone.utils.config`): :data:`FILTER_OPTIONS`. ``--drop_list FILE`` leaves
+out the samples a drop list names (:mod:`mindone.data.drop_list`), counted as ``filtered_drop_list``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mindone.utils.config import Option
 FILTER_GROUP = "post-download filters (on each sample's json; give the training loader the same thresholds)"
 # One --<name> option per sample filter (its old names accepted too), for the tools' option lists.
 FILTER_OPTIONS: list[Option] = [
-    Option(spec.name, float, None, spec.sample_help, aliases=spec.aliases, group=FILTER_GROUP)
+    Option(spec.name, spec.value_type, None, spec.sample_help, aliases=spec.aliases, group=FILTER_GROUP)
     for spec in SAMPLE_FILTERS
 ]
 
@@ -36,5 +37,6 @@ def describe(filters: SampleFilters) -> str:
     return ", ".join(f"{f.name}={getattr(filters, f.name)}" for f in fields(filters) if getattr(filters, f.name) is not None) or "none"
 
 
-def passes(filters: SampleFilters, meta: Mapping[str, Any], counts: dict[str, int] | None = None) -> bool:
-    return filters.check(meta, counts if counts is not None else {}) is None
+def passes(filters: SampleFilters, meta: Mapping[str, Any], counts: dict[str, int] | None = None,
+           sample_id: str | None = None) -> bool:  # fmt: skip
+    return filters.check(meta, counts if counts is not None else {}, sample_id=sample_id) is None

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
+from mindone.data.drop_list import sample_id, shard_name
 from mindone.data.filters import SampleFilters
 from mindone.data.wds_sample import META_EXT, group_members, is_sample, split_name
 from mindone.errors import DataError
@@ -44,15 +45,15 @@ class ShardFilterError(DataError):
 Group = dict[str, tuple[str, tarfile.TarInfo, bytes]]  # extension -> (name, member, data)
 
 
-def _group_passes(group: Group, filters: SampleFilters, reasons: Counter) -> bool:
+def _group_passes(group: Group, filters: SampleFilters, reasons: Counter, sample_id: str) -> bool:
     meta: dict = {}
-    if META_EXT in group:
+    if META_EXT in group and filters.needs_meta:
         try:
             loaded = json.loads(group[META_EXT][2])
         except (ValueError, RecursionError):  # not json, or nested deeper than the parser goes
             loaded = {}
         meta = loaded if isinstance(loaded, dict) else {}
-    reason = filters.check(meta, {})
+    reason = filters.check(meta, {}, sample_id=sample_id)
     if reason:
         reasons[reason] += 1
         return False
@@ -65,14 +66,14 @@ def _copyable(member: tarfile.TarInfo) -> bool:
     return member.isfile() and not name.is_absolute() and ".." not in name.parts
 
 
-def _open_plain_tar(src: Path) -> tarfile.TarFile:
+def open_plain_tar(src: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(src, "r:")  # "r:" never decompresses, unlike tarfile's default "r:*"
     except tarfile.ReadError as err:
         raise ShardFilterError(f"{src}: not an uncompressed tar ({err})") from None
 
 
-def _sample_members(tar_in: tarfile.TarFile, src: Path, max_member_bytes: int):
+def sample_members(tar_in: tarfile.TarFile, src: Path, max_member_bytes: int):
     """``(name, member, data)`` for the copyable sample members of ``tar_in``, in tar order; raises
     :class:`ShardFilterError` at the first one over ``max_member_bytes``, before reading it."""
     for member in tar_in:
@@ -86,19 +87,21 @@ def _sample_members(tar_in: tarfile.TarFile, src: Path, max_member_bytes: int):
 
 def filter_shard(src: Path, dst: Path, filters: SampleFilters, reasons: Counter,
                  max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> tuple[int, int]:  # fmt: skip
-    """Copy the samples of ``src`` whose json passes ``filters`` to ``dst``; returns (kept, samples).
+    """Copy the samples of ``src`` that pass ``filters`` to ``dst``; returns (kept, samples). A drop list
+    names samples ``<src's folder>/<src's name>/<key>`` (:mod:`mindone.data.drop_list`).
 
     Raises :class:`ShardFilterError` (and writes nothing) for a compressed tar or a member over ``max_member_bytes``.
     """
     start = time.time()
     kept = total = 0
-    with _open_plain_tar(src) as tar_in, atomic_path(dst) as tmp:
+    shard = shard_name(str(src))
+    with open_plain_tar(src) as tar_in, atomic_path(dst) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar_out:
-            for _, group in group_members(_sample_members(tar_in, src, max_member_bytes)):
+            for key, group in group_members(sample_members(tar_in, src, max_member_bytes)):
                 if not is_sample(group):
                     continue
                 total += 1
-                if _group_passes(group, filters, reasons):
+                if _group_passes(group, filters, reasons, sample_id(shard, key)):
                     kept += 1
                     for _, member, data in group.values():
                         tar_out.addfile(member, io.BytesIO(data))

@@ -5,14 +5,15 @@ Names follow diffusers' ``train_text_to_image.py`` where the meaning is the same
 
 from __future__ import annotations
 
-from mindone.data.filter_vocab import SAMPLE_FILTERS
+from mindone.data.filter_vocab import LISTED, SAMPLE_FILTERS
 from mindone.train.optim import LR_SCHEDULERS
 from mindone.train.tensorboard import REPORT_TO
 from mindone.utils.config import Option
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Load-time filters on each sample's img2dataset json (mindone.data.filters.SampleFilters), as --filter_<name>
-# (old names as aliases): (name, help) per sample filter of the vocabulary, mindone.data.filter_vocab.
+# (old names as aliases): (name, help) per sample filter of the vocabulary, mindone.data.filter_vocab; the
+# drop_list filter's value is a file (--filter_drop_list D/near_duplicates_drop.txt).
 DATA_FILTERS = tuple((spec.name, spec.load_help) for spec in SAMPLE_FILTERS)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -50,8 +51,9 @@ TRAIN_OPTIONS: list[Option] = [
     Option("uneven_policy", str, "pad", "when samples do not divide evenly over ranks x batch: pad (repeat up to "
            "ranks x batch - 1 samples so that none is dropped) or drop (leave up to ranks x batch - 1 out); both "
            "give every rank the same number of steps", choices=("pad", "drop"), group="data"),
-    *[Option(f"filter_{spec.name}", float, None, f"skip samples whose json {spec.load_help} (load-time filter; "
-             "unset: off)", aliases=tuple(f"filter_{a}" for a in spec.aliases), group="data")
+    *[Option(f"filter_{spec.name}", spec.value_type, None, spec.load_help if spec.op == LISTED else
+             f"skip samples whose json {spec.load_help} (load-time filter; unset: off)",
+             aliases=tuple(f"filter_{a}" for a in spec.aliases), group="data")
       for spec in SAMPLE_FILTERS],
     # model
     Option("model_config", str, "v2-base-512-eps", "model yaml (path or bundled name: v2-base-512-eps, "
