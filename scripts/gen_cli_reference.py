@@ -29,6 +29,8 @@ TOOLS = [
      "build_parser"),
     ("python tools/laion_data_utils/laion_gen_csv_annot.py", "tools/laion_data_utils/laion_gen_csv_annot.py",
      "build_parser"),
+    ("python tools/laion_data_utils/laion_find_near_dups.py", "tools/laion_data_utils/laion_find_near_dups.py",
+     "build_parser"),
     ("python tools/laion_data_utils/make_dataset_from_images.py",
      "tools/laion_data_utils/make_dataset_from_images.py", "build_parser"),
     ("python tools/model_conversion/convert_weights.py", "tools/model_conversion/convert_weights.py", "build_parser"),

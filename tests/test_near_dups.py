@@ -3,7 +3,6 @@ equals brute force, and the drop list is honoured alike by the stats csv, the fi
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import shutil
@@ -18,29 +17,11 @@ from mindone.data.loader import build_sample_stream
 from mindone.demo.scenes import draw_scene
 from mindone.laion.hash_groups import colour_distance, near_groups, popcount
 from mindone.laion.near_dups import Signatures, choose_kept
+from tests.helpers.photos import jpeg, photo_like
 from tests.helpers.synthetic_data import Member, fake_tokenizer, write_dataset
 from tests.helpers.tools import load_tool
 
 TOOL = load_tool("laion_find_near_dups")
-
-
-def jpeg(img: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def natural(seed: int, size: int = 192) -> Image.Image:
-    """A smooth random colour field with blobs and grain: photo-like low frequencies, unique per seed."""
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray((rng.random((6, 6, 3)) * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    for _ in range(6):
-        x, y = rng.integers(0, size, 2)
-        s = int(rng.integers(size // 10, size // 2))
-        draw.ellipse((x, y, x + s, y + s), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    grain = np.asarray(img, dtype=np.float64) + rng.normal(0, 8, (size, size, 3))
-    return Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8))
 
 
 def variants(img: Image.Image) -> dict[str, bytes]:
@@ -67,7 +48,7 @@ def planted(tmp_path_factory):
     groups: list[set[str]] = []
     place = [(1, 0), (1, 1), (2, 0)]
     for g in range(4):
-        img = natural(100 + g)
+        img = photo_like(100 + g)
         ids = []
         for v, (name, data) in enumerate([("original", jpeg(img)), *variants(img).items()]):
             part, shard = place[(g + v) % 3]
@@ -87,7 +68,7 @@ def planted(tmp_path_factory):
             members.append(member(f"{i % 2:05d}{len(members):04d}", jpeg(draw_scene(shape, colour, bg, random.Random(i)))))
     for i in range(8):
         members = shards[2][0]
-        members.append(member(f"00000{len(members):04d}", jpeg(natural(500 + i, size=rnd.choice([128, 192, 256])))))
+        members.append(member(f"00000{len(members):04d}", jpeg(photo_like(500 + i, size=rnd.choice([128, 192, 256])))))
     for part, part_shards in shards.items():
         write_dataset(root, part_shards, part=part)
         for s, members in enumerate(part_shards):

@@ -3,6 +3,9 @@
 dir is the image path relative to D (part_1/00000/000000000.jpg), text its caption. Only shards img2dataset
 finished and whose content agrees with their _stats.json are listed. A sample without an image, without a
 caption file or with an empty caption is skipped and counted, never given a made-up caption.
+Post-download filters (--min_size, ..., --drop_list FILE: the samples a drop list names, e.g. the
+near-duplicate list of laion_find_near_dups.py) leave samples out of the csv, counted per filter; the
+trainer's --filter_<name> flags skip the same samples.
 
 Each run replaces (atomically) the csv of every part it scans: a part with no usable sample left gets a
 header-only csv, which the training loader skips. With --strict, a part holding a shard that has to be

@@ -12,7 +12,9 @@ that has to be left out gets no csv at all: its existing part_<id>_stats.csv (an
 
 Post-download filters (--min_size, --min_aesthetic, ...) need --filtered_output_dir F: the samples whose
 json passes are copied into F/part_<id>/ shards, with F/part_<id>_stats.csv. Train on F and the counts are
-exact. (Or keep D and give the training loader the same thresholds: build_dataset(filters=...).)
+exact. (Or keep D and give the training loader the same thresholds: build_dataset(filters=...).) The same
+holds for --drop_list FILE: the samples it names (part_<id>/<shard>/<key>, e.g. the near-duplicate list of
+laion_find_near_dups.py) are left out of the copies; the trainer's --filter_drop_list skips the same ones.
 """
 
 from __future__ import annotations
