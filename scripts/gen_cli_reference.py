@@ -40,6 +40,7 @@ TOOLS = [
     ("python examples/stable_diffusion_v2/text_to_image.py", "examples/stable_diffusion_v2/text_to_image.py",
      "build_parser"),
     ("bash scripts/demo.sh", "examples/demo/run_demo.py", "build_parser"),
+    ("python examples/demo/check_autoencoder.py", "examples/demo/check_autoencoder.py", "build_parser"),
 ]
 
 HEADER = """# Command-line reference

@@ -199,7 +199,8 @@ CLIS = ["tools/laion_data_utils/laion_filter_metadata.py", "tools/laion_data_uti
         "tools/laion_data_utils/laion_download_imgs.py", "tools/laion_data_utils/laion_gen_data_stats.py",
         "tools/laion_data_utils/laion_gen_csv_annot.py", "tools/laion_data_utils/make_dataset_from_images.py",
         "examples/stable_diffusion_v2/text_to_image.py", "examples/stable_diffusion_v2/encode_latents.py",
-        "tools/model_conversion/convert_weights.py", "examples/demo/run_demo.py"]
+        "tools/model_conversion/convert_weights.py", "examples/demo/run_demo.py",
+        "examples/demo/check_autoencoder.py"]
 
 
 @pytest.mark.parametrize("script", CLIS, ids=lambda s: Path(s).stem)
