@@ -23,8 +23,9 @@ Candidates (pigeonhole, the multi-index scheme of Manku et al. 2007 for simhash)
 
 Memory: the hashes and colour codes (16 bytes/item), the union-find parents (8), one band's sorted keys
 and order (8 + 8) and its candidates, generated and checked one offset at a time (at most 16 bytes per
-item per step): about 60 bytes per distinct signature whatever ``k``, e.g. 0.6 GB for 10 M items. Time grows with the
-number of bands times the items (benchmarks/bench_near_dups.py measures it).
+item per step): measured 100-125 bytes per distinct signature whatever ``k`` (1.2 GB for 10 M items). Time
+grows with the number of bands times the items times the bucket size: 36 min for 10 M items at k = 8 on one
+core (benchmarks/bench_near_dups.py).
 
 Worst case, a huge bucket: many *different* hashes sharing one band key (near-uniform images whose
 hashes differ in a few noisy bits) would need ``n^2 / 2`` comparisons. A bucket of more than
