@@ -26,7 +26,7 @@ def test_cli_reference_lists_every_training_flag():
 
 
 DOCS_WITH_COMMANDS = ["README.md", "examples/stable_diffusion_v2/README.md", "docs/data_preparation.md",
-                      "docs/models_and_inference.md", "docs/training.md"]
+                      "docs/models_and_inference.md", "docs/training.md", "docs/near_duplicates.md"]
 # Scripts whose extra flags are the training script's.
 TRAIN_LAUNCHERS = {"scripts/run_train_standalone.sh", "scripts/run_train_distributed.sh"}
 LAUNCHER_FLAGS = {"--worker_num", "--local_worker_num", "--master_addr", "--master_port", "--node_rank", "--log_dir"}
