@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from mindone.errors import MindoneError
@@ -47,3 +48,11 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
 def setup_cli_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def existing_folder(value: str, flag: str) -> Path:
+    """``value`` as a Path; a :class:`UserError` naming ``flag`` when it is not an existing folder."""
+    path = Path(value)
+    if not path.is_dir():
+        raise UserError(f"{flag} {path} is not a folder")
+    return path

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from mindone.laion import near_dups
 from mindone.laion.hash_groups import DEFAULT_MAX_BUCKET, near_groups
 from mindone.laion.shard_filter import DEFAULT_MAX_MEMBER_BYTES
-from mindone.utils.cli import UserError, run_main, setup_cli_logging
+from mindone.utils.cli import UserError, existing_folder, run_main, setup_cli_logging
 from mindone.utils.config import Option, resolve_config
 from mindone.utils.config import build_parser as options_parser
 
@@ -98,9 +98,7 @@ def hash_local(tasks, data_dir: Path, cache_dir: Path, processes: int, max_membe
 def main(argv: Sequence[str] | None = None) -> int:
     args = resolve_config(OPTIONS, argv, __doc__, **PARSER)
     setup_cli_logging()
-    data_dir = Path(args.data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"--data_dir {data_dir} is not a folder")
+    data_dir = existing_folder(args.data_dir, "--data_dir")
     if not 0 <= args.max_distance < 64:
         raise UserError(f"--max_distance must be 0..63, got {args.max_distance}")
     if args.blocks is not None and not args.max_distance < args.blocks <= 64:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from mindone.data.annotations import annotation_csv_name, write_annotation_csv
 from mindone.laion.annotations import files_part_annotations, remove_stale, select_parts
 from mindone.laion.sample_filters import FILTER_OPTIONS, describe, filters_from_args
-from mindone.utils.cli import UserError, run_main, setup_cli_logging
+from mindone.utils.cli import UserError, existing_folder, run_main, setup_cli_logging
 from mindone.utils.config import Option, resolve_config
 from mindone.utils.config import build_parser as options_parser
 
@@ -52,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = resolve_config(OPTIONS, argv, __doc__, **PARSER)
     setup_cli_logging()
-    data_dir = Path(args.data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"--data_dir {data_dir} is not a folder")
+    data_dir = existing_folder(args.data_dir, "--data_dir")
     sample_filter = filters_from_args(args)
     parts = select_parts(data_dir, args.parts)
     if sample_filter.active:

@@ -31,7 +31,7 @@ from mindone.data.annotations import ALL_STATS_CSV, annotation_csv_name, write_a
 from mindone.laion.annotations import PartStats, remove_stale, select_parts, tar_part_stats
 from mindone.laion.sample_filters import FILTER_OPTIONS, describe, filters_from_args
 from mindone.laion.shard_filter import DEFAULT_MAX_MEMBER_BYTES, ShardFilterError, filter_shard
-from mindone.utils.cli import UserError, run_main, setup_cli_logging
+from mindone.utils.cli import UserError, existing_folder, run_main, setup_cli_logging
 from mindone.utils.config import Option, resolve_config
 from mindone.utils.config import build_parser as options_parser
 
@@ -68,9 +68,7 @@ def write_part_stats(root: Path, part_id: str, stats: PartStats) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = resolve_config(OPTIONS, argv, __doc__, **PARSER)
     setup_cli_logging()
-    data_dir = Path(args.data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"--data_dir {data_dir} is not a folder")
+    data_dir = existing_folder(args.data_dir, "--data_dir")
     filters = filters_from_args(args)
     if filters.active and not args.filtered_output_dir:
         raise UserError("post-download filters need --filtered_output_dir (or give them to the training loader instead)")
