@@ -21,12 +21,12 @@ pytestmark = [pytest.mark.spark, pytest.mark.timeout(300)]
 def spark():
     if shutil.which("java") is None:
         pytest.skip("java not found: the spark engine needs a JDK")
-    from pyspark.sql import SparkSession
+    from mindone.laion.spark_session import create_session
 
-    session = (SparkSession.builder.master("local[2]").appName("test_filter_spark")
-               .config("spark.sql.shuffle.partitions", "4").config("spark.default.parallelism", "2")
-               .config("spark.ui.enabled", "false").config("spark.driver.memory", "1g")
-               .config("spark.sql.adaptive.enabled", "false").getOrCreate())
+    # The project's own session (its local executors run this interpreter); it lives for the whole test
+    # run, so every later Spark test joins it.
+    session = create_session(app_name="test_filter_spark", master="local[2]", driver_memory="1g", conf={
+        "spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "2", "spark.sql.adaptive.enabled": "false"})
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

@@ -34,18 +34,11 @@ def _spark_type(typ: pa.DataType):
 
 
 def create_session(master: str, driver_memory: str, progress: bool = True):
-    """A SparkSession for this job (web UI off, console progress bar only if ``progress``)."""
-    from pyspark.sql import SparkSession
+    """The metadata filter's SparkSession (:mod:`mindone.laion.spark_session`)."""
+    from mindone.laion.spark_session import create_session as spark_session
 
-    builder = (SparkSession.builder.master(master).appName("laion_filter_metadata")
-               .config("spark.driver.memory", driver_memory).config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", str(progress).lower())
-               .config("spark.sql.session.timeZone", "UTC"))
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("WARN")
-    conf = session.sparkContext.getConf()
-    log.info("spark session: master %s, driver memory %s", session.sparkContext.master, conf.get("spark.driver.memory"))
-    return session
+    return spark_session(app_name="laion_filter_metadata", master=master, driver_memory=driver_memory,
+                         progress=progress)
 
 
 def run_spark(plan: FilterPlan, out_dir: Path, spark) -> tuple[FilterStats, list[int]]:

@@ -198,9 +198,9 @@ def count_input_rows(path: Path, input_format: str) -> int | None:
 @contextlib.contextmanager
 def spark_session(master: str, app_name: str = "laion_download_imgs") -> Iterator[Any]:
     """A SparkSession on ``master`` that img2dataset's pyspark distributor picks up as the active one."""
-    from pyspark.sql import SparkSession
+    from mindone.laion.spark_session import create_session
 
-    spark = SparkSession.builder.master(master).appName(app_name).getOrCreate()
+    spark = create_session(app_name=app_name, master=master)
     try:
         yield spark
     finally:

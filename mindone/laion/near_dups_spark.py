@@ -18,8 +18,6 @@ samples; beyond that, run per subset of parts.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
 import numpy as np
 
@@ -31,17 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 def create_session(master: str, driver_memory: str = "4g"):
-    """A SparkSession named for this job (web UI off). Local executors run this interpreter (it has the
-    project and Pillow), not whatever python3 is on PATH; a cluster's come from its own PYSPARK_PYTHON."""
-    from pyspark.sql import SparkSession
+    """The near-duplicate pass's SparkSession (:mod:`mindone.laion.spark_session`): local executors run this
+    interpreter (it has the project and Pillow)."""
+    from mindone.laion.spark_session import create_session as spark_session
 
-    if master.startswith("local"):
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    session = (SparkSession.builder.master(master).appName("laion_find_near_dups")
-               .config("spark.driver.memory", driver_memory).config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false").getOrCreate())
-    session.sparkContext.setLogLevel("WARN")
-    return session
+    return spark_session(app_name="laion_find_near_dups", master=master, driver_memory=driver_memory)
 
 
 def hash_shards_spark(spark, tasks: list[ShardTask], *, data_dir: str, cache_dir: str,
