@@ -61,9 +61,13 @@ AUTOENCODER_MIN = 0.9  # the check stage's colour scores below which the summary
 # on 8x8 latents: the same run then scores near chance). With eps-prediction the run ignores its prompts.
 # Batches of 16, the tiny text tower trained along, validation once at the end (it compiles a sampler).
 # It trains on the autoencoder's cached latents (stage 8), which makes its steps ~25% cheaper. The shape
-# colour is what takes the longest to learn: on the same data and autoencoder, 800 / 1200 / 1500 steps scored
-# 0.78 / 0.88 / 1.00 for it (docs/benchmarks.md); 1500 steps take ~5.5 minutes here.
-UNET_STEPS = 1500
+# colour is what takes the longest to learn. The UNet is twice as wide as the tiny config's (DEMO_UNET): on
+# 8x8 latents a step is mostly kernel launches, so 64 channels cost 1.5-1.7x a step of 32 and learn faster per
+# step; 1000 of its steps take the time of 1500 narrow ones or up to 15% more, and scored 0.91 and 0.88 for
+# the shape colour where the narrow UNet scored 0.88 and 0.78 (same data and autoencoder, seeds 0 and 1;
+# docs/benchmarks.md).
+UNET_STEPS = 1000
+DEMO_UNET = {"model_channels": 64, "num_head_channels": 16}  # over configs/model/tiny.yaml's unet section
 UNET_RECIPE = ["--train_batch_size", "16", "--train_text_encoder", "--checkpointing_steps", "100"]
 GUIDANCE = 3.0  # of 2, 3 and 7.5 on the scored images, 3 scored best (docs/benchmarks.md)
 PROMPTS = ["a red circle on a blue background", "a yellow square on a black background",
@@ -164,6 +168,7 @@ def main(argv=None) -> int:
     tiny_recipe = [py, EXAMPLES / "train_text_to_image.py", "--config", REPO / "configs" / "train" / "tiny_cpu.yaml"]
     stages.run("vae", f"train the tiny autoencoder for {args.vae_steps} steps on CPU", lambda: sh([
         *tiny_recipe, "--dataset_type", "webdataset", "--data_path", paths["data"], "--train_target", "vae",
+        "--model_config", demo_base_config(out / "demo_base_model.yaml"),
         "--output_dir", paths["vae"], "--max_train_steps", str(args.vae_steps), *VAE_RECIPE]))
     model_config = out / "demo_model_config.yaml"
     stages.run("latents", "cache the autoencoder's latents of every image", lambda: sh([
@@ -194,6 +199,20 @@ def main(argv=None) -> int:
     stages.run("report", "plot the loss curves", lambda: plot_loss(paths["vae"], paths["train"], out / "loss_curve.png"))
     print_summary(out, paths)
     return 0
+
+
+def demo_base_config(path: Path) -> Path:
+    """The tiny model config with the demo's wider UNet (DEMO_UNET), written to ``path``. The autoencoder stage
+    builds the whole model from it, so its checkpoint holds the UNet (random, untrained) the UNet stage starts
+    from."""
+    import yaml
+
+    from mindone.models.config import load_model_config
+
+    cfg = load_model_config("tiny")
+    cfg["model"]["unet"].update(DEMO_UNET)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
 
 
 def demo_model_config(vae_dir: Path, path: Path) -> Path:
